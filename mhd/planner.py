@@ -1,0 +1,209 @@
+"""The planner: desired state x observed kernel state -> the operations that make them equal.
+
+Pure and deterministic. The daemon calls it on every reconcile with a *fresh* dump of the kernel
+(level-triggered, like a Kubernetes controller), so whatever happened in between (an operator's
+`ipvsadm -d`, a crash half-way through a batch) is repaired by the next plan.
+
+Canonical order. The kernel inserts a new destination at the *head* of a service's list and builds the
+Maglev table by walking that list, so two directors with the same servers but different histories can
+build different tables. For every `mh` service the planner makes the kernel's list (as dumped, head
+first) equal to the canonical order, a function of the set of destinations only. The kept destinations
+form a suffix of that order; everything in front of them is (re-)added in reverse canonical order.
+Keeping the longest suffix that is already in order minimises the operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .model import Dest, OpKind, Service, ServiceKey
+
+
+@dataclass(frozen=True)
+class Op:
+    """One netlink write. `changes` says, for display, which fields change from what to what."""
+
+    kind: OpKind
+    service: Service  # the desired service (for deletes: the observed one)
+    dest: Dest | None = None
+    name: str = ""  # the service's name in the config, "" for one mhd no longer knows
+    reason: str = ""
+    changes: tuple[tuple[str, object, object], ...] = field(default=())
+
+    def describe(self) -> str:
+        what = f"{self.kind} {self.name or '-'} {self.service.key}"
+        if self.dest is not None:
+            what += f" -> {self.dest.key} weight {self.dest.weight}"
+        if self.changes:
+            what += " (" + ", ".join(f"{k}: {a} -> {b}" for k, a, b in self.changes) + ")"
+        if self.reason:
+            what += f" [{self.reason}]"
+        return what
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"op": self.kind, "service": self.name, "key": str(self.service.key)}
+        if self.dest is not None:
+            out["server"] = str(self.dest.key)
+            out["weight"] = self.dest.weight
+        if self.changes:
+            out["changes"] = {k: {"from": _jsonable(a), "to": _jsonable(b)} for k, a, b in self.changes}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def _jsonable(value: object) -> object:
+    return value if isinstance(value, int | str | float | bool) or value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A service as it should be: `service.dests` is the set of destinations that should be in IPVS
+    now (healthy and enabled), in any order."""
+
+    name: str
+    service: Service
+
+
+def canonical(dests: Iterable[Dest]) -> tuple[Dest, ...]:
+    """Destinations in canonical order: the order every director's kernel list must end up in."""
+    return tuple(sorted(dests, key=lambda d: d.key.canonical()))
+
+
+def plan(
+    desired: Mapping[ServiceKey, Desired],
+    observed: Mapping[ServiceKey, Service],
+    owned: Iterable[ServiceKey] = (),
+) -> list[Op]:
+    """The operations that turn `observed` into `desired`.
+
+    `owned` names services mhd created or managed before (the state dir); those that are no longer
+    desired are deleted. Every other service in `observed` that is not desired is left alone.
+    """
+    ops: list[Op] = []
+    for key in sorted(set(owned) - set(desired), key=ServiceKey.sort_key):
+        if key in observed:
+            ops.append(Op("delete-service", observed[key], reason="no longer in the config"))
+    for key in sorted(desired, key=ServiceKey.sort_key):
+        ops.extend(plan_service(desired[key], observed.get(key)))
+    return ops
+
+
+def unmanaged(
+    desired: Mapping[ServiceKey, Desired],
+    observed: Mapping[ServiceKey, Service],
+    owned: Iterable[ServiceKey] = (),
+) -> list[ServiceKey]:
+    """Services in the kernel that mhd does not own and leaves alone (reported, never touched)."""
+    mine = set(desired) | set(owned)
+    return sorted((k for k in observed if k not in mine), key=ServiceKey.sort_key)
+
+
+def plan_service(want: Desired, have: Service | None) -> list[Op]:
+    """Operations for one service: create it, or edit it in place, then fix its destinations."""
+    svc = want.service
+    if have is None:
+        ops = [Op("add-service", svc, name=want.name)]
+        ops += [Op("add-dest", svc, d, want.name) for d in reversed(canonical(svc.dests))]
+        return ops
+    ops = []
+    if svc.settings() != have.settings():
+        changes = tuple(
+            (label, old, new)
+            for label, old, new in (
+                ("scheduler", have.scheduler, svc.scheduler),
+                ("flags", hex(have.managed_flags), hex(svc.managed_flags)),
+            )
+            if old != new
+        )
+        ops.append(Op("edit-service", svc, name=want.name, changes=changes))
+    return ops + plan_dests(want.name, svc, have.dests)
+
+
+def plan_dests(name: str, svc: Service, current: tuple[Dest, ...]) -> list[Op]:
+    """Destination operations for one existing service.
+
+    For `mh` the result leaves the kernel list in canonical order; for other schedulers the list
+    order does not matter, so only the set and the settings are fixed.
+    """
+    want = canonical(svc.dests)
+    wanted = {d.key: d for d in want}
+    ops = [Op("delete-dest", svc, d, name, "not desired") for d in current if d.key not in wanted]
+    remaining = [d for d in current if d.key in wanted]
+    present = {d.key for d in remaining}
+    if svc.scheduler == "mh":
+        split = len(want) - _kept_suffix(want, remaining)
+        front, kept = want[:split], {d.key for d in want[split:]}
+    else:
+        front, kept = tuple(d for d in want if d.key not in present), present
+    for d in remaining:
+        if d.key in kept and d.settings() != wanted[d.key].settings():
+            changes = _dest_changes(d, wanted[d.key])
+            ops.append(Op("edit-dest", svc, wanted[d.key], name, changes=changes))
+    ops += [
+        Op("delete-dest", svc, d, name, "canonical order: re-sent") for d in remaining if d.key not in kept
+    ]
+    ops += [
+        Op("add-dest", svc, d, name, "canonical order: re-sent" if d.key in present else "")
+        for d in reversed(front)
+    ]
+    return ops
+
+
+def _kept_suffix(want: tuple[Dest, ...], remaining: list[Dest]) -> int:
+    """Length of the longest suffix of `want` whose destinations appear in `remaining` in order.
+
+    Those can stay in the kernel untouched; everything in front of them must be (re)added, because
+    the kernel only ever inserts at the head.
+    """
+    position = {d.key: i for i, d in enumerate(remaining)}
+    k, last = 0, len(remaining)
+    for d in reversed(want):
+        i = position.get(d.key)
+        if i is None or i >= last:
+            break
+        k, last = k + 1, i
+    return k
+
+
+def _dest_changes(old: Dest, new: Dest) -> tuple[tuple[str, object, object], ...]:
+    pairs = (
+        ("weight", old.weight, new.weight),
+        ("forward", old.forward, new.forward),
+        ("u_threshold", old.u_threshold, new.u_threshold),
+        ("l_threshold", old.l_threshold, new.l_threshold),
+    )
+    return tuple(p for p in pairs if p[1] != p[2])
+
+
+def apply_ops(observed: Mapping[ServiceKey, Service], ops: Iterable[Op]) -> dict[ServiceKey, Service]:
+    """What the kernel holds after `ops`, simulated with the kernel's own list semantics.
+
+    Head insertion on add, in-place edits, removal on delete. Used by the tests (idempotence and
+    canonical order properties) and by `mhctl plan` to predict the table after a change.
+    """
+    state = dict(observed)
+    for op in ops:
+        key = op.service.key
+        if op.kind == "add-service":
+            state[key] = Service(key, op.service.scheduler, op.service.flags, dests=())
+        elif op.kind == "delete-service":
+            state.pop(key, None)
+        elif op.kind == "edit-service":
+            state[key] = Service(key, op.service.scheduler, op.service.flags, dests=state[key].dests)
+        else:
+            assert op.dest is not None
+            state[key] = _apply_dest_op(state[key], op.kind, op.dest)
+    return state
+
+
+def _apply_dest_op(svc: Service, kind: OpKind, dest: Dest) -> Service:
+    others = tuple(d for d in svc.dests if d.key != dest.key)
+    if kind == "add-dest":
+        dests = (dest, *others)
+    elif kind == "delete-dest":
+        dests = others
+    else:
+        dests = tuple(dest if d.key == dest.key else d for d in svc.dests)
+    return Service(svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests)

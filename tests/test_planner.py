@@ -1,0 +1,133 @@
+"""Planner properties: idempotence, canonical order whatever the history, minimality, ownership."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mhd.model import MH_PORT, Dest, DestKey, Service, ServiceKey
+from mhd.planner import Desired, apply_ops, canonical, plan, unmanaged
+
+KEY = ServiceKey(socket.AF_INET, protocol=17, address=ipaddress.IPv4Address("203.0.113.15"), port=80)
+OTHER = ServiceKey(socket.AF_INET, protocol=6, address=ipaddress.IPv4Address("203.0.113.16"), port=443)
+
+
+def dest(i: int, weight: int = 1) -> Dest:
+    return Dest(DestKey(ipaddress.IPv4Address(f"10.0.{i // 250}.{i % 250 + 1}"), 80), weight)
+
+
+def desired(dests: list[Dest], scheduler: str = "mh", key: ServiceKey = KEY) -> dict[ServiceKey, Desired]:
+    return {key: Desired("web", Service(key, scheduler, MH_PORT, dests=tuple(dests)))}
+
+
+servers = st.lists(st.integers(0, 40), unique=True, max_size=12)
+weights = st.integers(1, 5)
+
+
+@st.composite
+def kernel_lists(draw: st.DrawFn) -> tuple[Dest, ...]:
+    """Any list the kernel could hold: any subset, any order, any weights."""
+    ids = draw(servers)
+    return tuple(dest(i, draw(weights)) for i in draw(st.permutations(ids)))
+
+
+@given(want=servers, have=kernel_lists(), w=weights)
+def test_plan_reaches_desired_in_canonical_order_and_is_idempotent(
+    want: list[int], have: tuple[Dest, ...], w: int
+) -> None:
+    want_dests = [dest(i, w) for i in want]
+    observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
+    result = apply_ops(observed, plan(desired(want_dests), observed))
+    assert result[KEY].dests == canonical(want_dests)
+    assert plan(desired(want_dests), result) == []
+
+
+@given(want=servers, histories=st.lists(kernel_lists(), min_size=2, max_size=2))
+def test_two_histories_end_in_the_same_kernel_list(want: list[int], histories: list[tuple[Dest, ...]]) -> None:
+    ends = []
+    for have in histories:
+        observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
+        ends.append(apply_ops(observed, plan(desired([dest(i) for i in want]), observed))[KEY].dests)
+    assert ends[0] == ends[1]
+
+
+@given(want=servers, have=kernel_lists())
+def test_plan_is_minimal(want: list[int], have: tuple[Dest, ...]) -> None:
+    """No destination is touched twice more than re-sending needs, and kept ones are not deleted."""
+    want_dests = canonical(dest(i) for i in want)
+    observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
+    ops = plan(desired(list(want_dests)), observed)
+    # Lower bound: everything not wanted goes; everything wanted but absent comes.
+    have_keys = {d.key for d in have}
+    want_keys = {d.key for d in want_dests}
+    must = len(have_keys - want_keys) + len(want_keys - have_keys)
+    resent = [op for op in ops if op.reason.startswith("canonical")]
+    edits = [op for op in ops if op.kind == "edit-dest"]
+    assert len(ops) == must + len(resent) + len(edits)
+    # Re-sending only happens when the kept destinations are out of canonical order.
+    kernel_order = [d.key for d in have if d.key in want_keys]
+    if kernel_order == [d.key for d in want_dests if d.key in have_keys] and not want_keys - have_keys:
+        assert resent == []
+
+
+def test_new_destination_in_the_middle_resends_only_the_part_in_front() -> None:
+    have = canonical(dest(i) for i in (1, 2, 4, 5))
+    observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
+    ops = plan(desired([dest(i) for i in (1, 2, 3, 4, 5)]), observed)
+    assert [(op.kind, str(op.dest.key) if op.dest else "") for op in ops] == [
+        ("delete-dest", "10.0.0.2:80"),
+        ("delete-dest", "10.0.0.3:80"),
+        ("add-dest", "10.0.0.4:80"),
+        ("add-dest", "10.0.0.3:80"),
+        ("add-dest", "10.0.0.2:80"),
+    ]
+
+
+def test_weight_change_is_an_edit_in_place() -> None:
+    have = canonical(dest(i) for i in (1, 2, 3))
+    observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
+    ops = plan(desired([dest(1), dest(2, 7), dest(3)]), observed)
+    assert [op.kind for op in ops] == ["edit-dest"]
+    assert ops[0].changes == (("weight", 1, 7),)
+
+
+def test_scheduler_or_flag_change_is_a_service_edit() -> None:
+    observed = {KEY: Service(KEY, "wrr", 0, dests=canonical([dest(1)]))}
+    ops = plan(desired([dest(1)]), observed)
+    assert [op.kind for op in ops] == ["edit-service"]
+    assert dict((k, (a, b)) for k, a, b in ops[0].changes) == {
+        "scheduler": ("wrr", "mh"),
+        "flags": ("0x0", "0x10"),
+    }
+
+
+def test_non_mh_service_does_not_reorder() -> None:
+    have = (dest(3), dest(1))
+    observed = {KEY: Service(KEY, "wrr", MH_PORT, dests=have)}
+    assert plan(desired([dest(1), dest(3)], "wrr"), observed) == []
+
+
+def test_unowned_services_are_left_alone_and_reported() -> None:
+    foreign = Service(OTHER, "rr", 0, dests=(dest(9),))
+    observed = {OTHER: foreign}
+    ops = plan(desired([dest(1)]), observed)
+    assert all(op.service.key == KEY for op in ops)
+    assert unmanaged(desired([dest(1)]), observed) == [OTHER]
+
+
+def test_owned_service_removed_from_config_is_deleted() -> None:
+    observed = {OTHER: Service(OTHER, "rr", 0, dests=(dest(9),))}
+    ops = plan({}, observed, owned=[OTHER])
+    assert [(op.kind, op.service.key) for op in ops] == [("delete-service", OTHER)]
+
+
+@settings(max_examples=50)
+@given(want=servers)
+def test_fresh_service_is_added_in_reverse_canonical_order(want: list[int]) -> None:
+    ops = plan(desired([dest(i) for i in want]), {})
+    assert ops[0].kind == "add-service"
+    added = [op.dest.key for op in ops[1:] if op.dest]
+    assert added == [d.key for d in reversed(canonical(dest(i) for i in want))]
