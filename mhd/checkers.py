@@ -1,0 +1,448 @@
+"""One async probe per check type: `probe(spec, address, port) -> CheckResult`, never raising.
+
+Why no aiohttp for HTTP: a health check opens one fresh connection, sends one request and reads
+one status line; aiohttp's session/connector/response machinery costs more than the whole probe.
+Measured on one core against a loopback server (bench/bench_health.py style, HEAD/GET of a tiny
+200 response, fresh connection each time): aiohttp 3.14 ClientSession with
+``TCPConnector(force_close=True)`` managed ~1,000 checks/s; the hand-written HTTP/1.1 client below
+(asyncio streams, ``Connection: close``) ~4,000 checks/s. The client is small because a check
+only needs: the status code, optionally the body (Content-Length, chunked or read-to-close,
+capped at `MAX_BODY`) for a regex, TLS with optional verification, SNI and a client
+certificate. Nothing in it is shared between probes except cached `ssl.SSLContext`s.
+
+Connections are closed with an RST (SO_LINGER 0) once the answer is in, as HAProxy does for its
+checks: the checker then keeps no TIME_WAIT sockets, which at 10,000 checks/s would otherwise
+pile up by the hundred thousand.
+
+Every error becomes a failed `CheckResult` whose ``detail`` says what happened; only
+cancellation propagates (so the prober can stop). Every probe is bounded by ``spec.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import os
+import random
+import re
+import signal
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mhd.checkspec import CheckSpec
+
+MAX_BODY = 64 * 1024  # bytes of an HTTP body searched by body_regex
+MAX_HEADER = 16 * 1024  # bytes of HTTP status line + headers accepted
+OUTPUT_TAIL = 200  # bytes of exec output kept in the detail
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """Outcome of one probe. ``latency`` in seconds, ``at`` wall-clock start time."""
+
+    ok: bool
+    latency: float
+    detail: str
+    at: float
+
+
+class CheckFailed(Exception):
+    """A probe found the server unhealthy; the message is the result's detail."""
+
+
+Checker = Callable[[CheckSpec, str, int, str], Awaitable[str]]
+
+
+async def probe(spec: CheckSpec, address: str, port: int, *, service: str = "") -> CheckResult:
+    """Run the check of ``spec`` against ``address`` (probe port resolved here)."""
+    at = time.time()
+    start = time.monotonic()
+    ok, detail = await _run(spec, address, spec.probe_port(port), service)
+    return CheckResult(ok, time.monotonic() - start, detail, at)
+
+
+async def _run(spec: CheckSpec, address: str, port: int, service: str) -> tuple[bool, str]:
+    try:
+        async with asyncio.timeout(spec.timeout):
+            return True, await _CHECKERS[spec.type](spec, address, port, service)
+    except TimeoutError:
+        return False, f"timeout after {spec.timeout:g}s"
+    except CheckFailed as e:
+        return False, str(e)
+    except Exception as e:
+        return False, describe_error(e)
+
+
+def describe_error(e: BaseException) -> str:
+    """A short operator-facing reason for an exception raised by a probe."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS verify failed: {e.verify_message or e.reason}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS error: {e.reason or e}"
+    if isinstance(e, OSError) and e.errno is not None:
+        names = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset"}
+        return names.get(e.errno, os.strerror(e.errno).lower())
+    if isinstance(e, asyncio.IncompleteReadError):
+        return "connection closed before a complete answer"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+# --- sockets ----------------------------------------------------------------------------------
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _socket(address: str, kind: socket.SocketKind, source: str | None) -> socket.socket:
+    sock = socket.socket(_family(address), kind)
+    try:
+        sock.setblocking(False)
+        if source is not None:
+            sock.bind((source, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect(address: str, port: int, source: str | None) -> socket.socket:
+    """A connected TCP socket that will close with an RST (see module docstring)."""
+    sock = _socket(address, socket.SOCK_STREAM, source)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        await _sock_connect(sock, (address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _sock_connect(sock: socket.socket, peer: tuple[str, int]) -> None:
+    """loop.sock_connect() without its name resolution and bookkeeping: addresses here are
+    always numeric, and this path runs 10,000 times a second (a third less CPU per TCP check).
+    """
+    err = sock.connect_ex(peer)
+    if err == errno.EINPROGRESS:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_writer(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# --- none / tcp -------------------------------------------------------------------------------
+
+
+async def _check_none(spec: CheckSpec, address: str, port: int, service: str) -> str:
+    return "no check"
+
+
+async def _check_tcp(spec: CheckSpec, address: str, port: int, service: str) -> str:
+    (await _connect(address, port, spec.source_address)).close()
+    return "connected"
+
+
+# --- http / https -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def tls_context(verify: bool, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """Building a context (CA store load) costs ~ms: share one per distinct TLS setting."""
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _request(spec: CheckSpec, address: str, port: int) -> bytes:
+    host = spec.host or (f"[{address}]" if ":" in address else address)
+    default_port = 443 if spec.type == "https" else 80
+    if spec.host is None and port != default_port:
+        host = f"{host}:{port}"
+    return (
+        f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {host}\r\n"
+        "User-Agent: mhd-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+
+
+async def _check_http(spec: CheckSpec, address: str, port: int, service: str) -> str:
+    sock = await _connect(address, port, spec.source_address)
+    tls: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    if spec.type == "https":
+        tls = tls_context(spec.tls_verify, spec.client_cert, spec.client_key)
+        # With verification on, the certificate is checked against this name (or IP).
+        server_hostname = spec.sni or spec.host or address
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=server_hostname)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        writer.write(_request(spec, address, port))
+        return await _read_response(reader, spec)
+    finally:
+        writer.transport.abort()  # SO_LINGER 0 was set by _connect: an RST, no TIME_WAIT
+
+
+async def _read_response(reader: asyncio.StreamReader, spec: CheckSpec) -> str:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError as e:
+        raise CheckFailed("HTTP header too large") from e
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            raise CheckFailed("connection closed without an HTTP answer") from e
+        raise CheckFailed("connection closed inside the HTTP header") from e
+    status, headers = _parse_head(head)
+    if not any(lo <= status <= hi for lo, hi in spec.expect_status):
+        raise CheckFailed(f"HTTP {status}")
+    if spec.body_regex is None or spec.method == "HEAD":
+        return f"HTTP {status}"
+    body = await _read_body(reader, headers)
+    if re.search(spec.body_regex, body.decode("utf-8", "replace")) is None:
+        raise CheckFailed(f"HTTP {status}, body does not match {spec.body_regex!r}")
+    return f"HTTP {status}, body matches"
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise CheckFailed(f"not an HTTP answer: {lines[0][:60]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return await _read_chunked(reader)
+    length = headers.get("content-length")
+    if length is not None and length.isdigit():
+        return await reader.readexactly(min(int(length), MAX_BODY))
+    body = b""
+    while len(body) < MAX_BODY:  # no length: the body ends when the server closes
+        chunk = await reader.read(MAX_BODY - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while len(body) < MAX_BODY:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+    return bytes(body[:MAX_BODY])
+
+
+# --- udp --------------------------------------------------------------------------------------
+
+
+async def _check_udp(spec: CheckSpec, address: str, port: int, service: str) -> str:
+    sock = _socket(address, socket.SOCK_DGRAM, spec.source_address)
+    try:
+        sock.connect((address, port))  # connected: ICMP unreachable surfaces as ECONNREFUSED
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, spec.payload)
+        reply = await loop.sock_recv(sock, 65535)
+    finally:
+        sock.close()
+    if spec.expect_regex is not None and re.search(spec.expect_regex, reply) is None:
+        raise CheckFailed(f"reply does not match {spec.expect_regex!r}: {reply[:60]!r}")
+    return f"reply of {len(reply)} bytes"
+
+
+# --- dns --------------------------------------------------------------------------------------
+
+QTYPES = {
+    "A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
+    "AAAA": 28, "SRV": 33, "NAPTR": 35, "DS": 43, "DNSKEY": 48, "CAA": 257, "ANY": 255,
+}  # fmt: skip
+RCODES = {
+    "NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5,
+    "YXDOMAIN": 6, "YXRRSET": 7, "NXRRSET": 8, "NOTAUTH": 9, "NOTZONE": 10,
+}  # fmt: skip
+RCODE_NAMES = {v: k for k, v in RCODES.items()}
+_TC = 0x0200
+_QR = 0x8000
+
+
+def qtype_number(name: str) -> int:
+    """``A``, ``AAAA``, ... or the generic ``TYPE123`` form."""
+    upper = name.upper()
+    if upper in QTYPES:
+        return QTYPES[upper]
+    if upper.startswith("TYPE") and upper[4:].isdigit():
+        return int(upper[4:])
+    raise ValueError(f"unknown DNS query type {name!r}")
+
+
+def build_query(qid: int, name: str, qtype: int) -> bytes:
+    """A standard query with RD set (what ``dig`` sends), class IN."""
+    labels = [label for label in name.rstrip(".").split(".") if label]
+    qname = b"".join(bytes([len(enc)]) + enc for enc in (lb.encode("idna") for lb in labels))
+    header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    return header + qname + b"\x00" + struct.pack("!HH", qtype, 1)
+
+
+def parse_header(data: bytes) -> tuple[int, int]:
+    """(id, flags) of a DNS message; the rcode is ``flags & 0xF``."""
+    if len(data) < 12:
+        raise CheckFailed(f"DNS answer too short ({len(data)} bytes)")
+    qid, flags = struct.unpack_from("!HH", data)
+    return qid, flags
+
+
+async def _check_dns(spec: CheckSpec, address: str, port: int, service: str) -> str:
+    qid = random.getrandbits(16)
+    query = build_query(qid, spec.query_name, qtype_number(spec.query_type))
+    flags = await _dns_udp(spec, address, port, qid, query)
+    transport = "udp"
+    if flags & _TC:
+        flags = await _dns_tcp(spec, address, port, qid, query)
+        transport = "tcp"
+    rcode = flags & 0xF
+    got = RCODE_NAMES.get(rcode, f"RCODE{rcode}")
+    if got != spec.expect_rcode.upper():
+        raise CheckFailed(f"DNS {got} (expected {spec.expect_rcode.upper()})")
+    return f"DNS {got} over {transport}"
+
+
+async def _dns_udp(spec: CheckSpec, address: str, port: int, qid: int, query: bytes) -> int:
+    sock = _socket(address, socket.SOCK_DGRAM, spec.source_address)
+    try:
+        sock.connect((address, port))
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, query)
+        while True:  # a stray or late answer to an older query: keep waiting for ours
+            got, flags = parse_header(await loop.sock_recv(sock, 65535))
+            if got == qid and flags & _QR:
+                return flags
+    finally:
+        sock.close()
+
+
+async def _dns_tcp(spec: CheckSpec, address: str, port: int, qid: int, query: bytes) -> int:
+    loop = asyncio.get_running_loop()
+    sock = await _connect(address, port, spec.source_address)
+    try:
+        await loop.sock_sendall(sock, struct.pack("!H", len(query)) + query)
+        (length,) = struct.unpack("!H", await _recv_exactly(sock, 2))
+        got, flags = parse_header(await _recv_exactly(sock, length))
+    finally:
+        sock.close()
+    if got != qid:
+        raise CheckFailed("DNS answer over TCP has the wrong id")
+    return flags
+
+
+async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise CheckFailed("connection closed before a complete DNS answer")
+        data += chunk
+    return data
+
+
+# --- exec -------------------------------------------------------------------------------------
+
+
+async def _check_exec(spec: CheckSpec, address: str, port: int, service: str) -> str:
+    if not spec.command:
+        raise CheckFailed("exec check without a command")
+    env = dict(os.environ)
+    env.update(MHD_SERVICE=service, MHD_SERVER_ADDRESS=address, MHD_SERVER_PORT=str(port))
+    proc = await asyncio.create_subprocess_exec(
+        *spec.command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # its own process group: a timeout kills the whole tree
+    )
+    try:
+        tail = await _tail(proc.stdout)
+        code = await proc.wait()
+    finally:
+        await _kill_group(proc)
+    text = tail.decode("utf-8", "replace").strip()
+    if code != 0:
+        raise CheckFailed(f"exit {code}: {text}" if text else f"exit {code}")
+    return f"exit 0: {text}" if text else "exit 0"
+
+
+async def _tail(stream: asyncio.StreamReader | None) -> bytes:
+    """Last OUTPUT_TAIL bytes of the output, in bounded memory."""
+    tail = b""
+    while stream is not None:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        tail = (tail + chunk)[-OUTPUT_TAIL:]
+    return tail
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group (also after normal exit: leftovers) and reap the leader.
+
+    Runs on the cancellation/timeout path too; the wait is shielded so that a second
+    cancellation cannot leave a zombie behind.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        pass
+    if proc.returncode is None:
+        await asyncio.shield(proc.wait())
+    # Close the output pipe now rather than when EOF happens to be read: no fd outlives the
+    # probe. Process has no public close(); its transport's close() is the documented one.
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
+_CHECKERS: dict[str, Checker] = {
+    "none": _check_none,
+    "tcp": _check_tcp,
+    "http": _check_http,
+    "https": _check_http,
+    "udp": _check_udp,
+    "dns": _check_dns,
+    "exec": _check_exec,
+}

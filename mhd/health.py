@@ -1,0 +1,82 @@
+"""Per-server health state machine: pure, deterministic, no I/O.
+
+Kept apart from the prober so that the rules that decide when traffic moves can be tested
+exhaustively (hypothesis) without sockets or clocks. The prober feeds it `CheckResult`s and acts
+on the `Transition`s it returns.
+
+Rules:
+
+* ``rise`` consecutive successes take a server that is not up to ``up``;
+* ``fall`` consecutive failures take a server that is not down to ``down``;
+* ``unknown`` (a server not yet in the kernel) is treated as down by the daemon: it is added only
+  once it has risen, and it never needs more than ``rise``/``fall`` probes to leave ``unknown``.
+
+Consequently a flapping server changes state at most once per ``min(rise, fall)`` observations,
+and between two transitions in opposite directions there are at least ``rise`` (towards up) or
+``fall`` (towards down) observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mhd.checkers import CheckResult
+from mhd.checkspec import CheckSpec
+
+State = Literal["unknown", "up", "down"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A state change, with the human-readable reason the operator sees in the log."""
+
+    old: State
+    new: State
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What is known about one server; successes/failures count the current streak only."""
+
+    state: State = "unknown"
+    successes: int = 0
+    failures: int = 0
+    transitions: int = 0
+    last: CheckResult | None = None
+
+
+def initial(in_kernel: bool, spec: CheckSpec) -> Health:
+    """Start-up state, chosen so that a daemon restart never disturbs traffic.
+
+    A server already in the kernel was serving: keep it up until it really fails ``fall`` times.
+    A missing one is unknown and is added only after ``rise`` successes. A server without a check
+    (type ``none``) is up at once: waiting ``rise`` probes of a check that cannot fail would only
+    delay it. ``spec.initial_state`` overrides all of this.
+    """
+    if spec.initial_state is not None:
+        return Health(state=spec.initial_state)
+    if in_kernel or spec.type == "none":
+        return Health(state="up")
+    return Health(state="unknown")
+
+
+def observe(h: Health, result: CheckResult, spec: CheckSpec) -> tuple[Health, Transition | None]:
+    """Fold one probe result into the state; return the transition it caused, if any."""
+    if result.ok:
+        successes, failures = h.successes + 1, 0
+        new: State = "up" if successes >= spec.rise else h.state
+    else:
+        successes, failures = 0, h.failures + 1
+        new = "down" if failures >= spec.fall else h.state
+    if new == h.state:
+        return Health(h.state, successes, failures, h.transitions, result), None
+    transition = Transition(h.state, new, _reason(result, successes or failures))
+    return Health(new, successes, failures, h.transitions + 1, result), transition
+
+
+def _reason(result: CheckResult, streak: int) -> str:
+    kind = "success" if result.ok else "failure"
+    plural = "" if streak == 1 else ("es" if result.ok else "s")
+    return f"{streak} consecutive {kind}{plural}, last: {result.detail}"

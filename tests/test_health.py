@@ -1,0 +1,126 @@
+"""Properties of the health state machine: the rules that decide when traffic moves."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mhd.checkers import CheckResult
+from mhd.checkspec import CheckSpec
+from mhd.health import Health, Transition, initial, observe
+
+OK = CheckResult(True, 0.001, "HTTP 200", 0.0)
+BAD = CheckResult(False, 1.0, "HTTP 500", 0.0)
+
+specs = st.builds(
+    CheckSpec,
+    type=st.just("tcp"),
+    rise=st.integers(1, 6),
+    fall=st.integers(1, 6),
+)
+histories = st.lists(st.booleans(), max_size=80)
+starts = st.sampled_from([Health("unknown"), Health("up"), Health("down")])
+
+
+def run(h: Health, oks: list[bool], spec: CheckSpec) -> list[tuple[Health, Transition | None]]:
+    steps = []
+    for ok in oks:
+        h, t = observe(h, OK if ok else BAD, spec)
+        steps.append((h, t))
+    return steps
+
+
+@given(specs, starts, histories)
+def test_streaks_count_consecutive_results(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    streak_ok = streak_bad = 0
+    for ok, (after, _) in zip(oks, run(h, oks, spec), strict=True):
+        streak_ok, streak_bad = (streak_ok + 1, 0) if ok else (0, streak_bad + 1)
+        assert (after.successes, after.failures) == (streak_ok, streak_bad)
+        assert after.last is (OK if ok else BAD)
+
+
+@given(specs, starts, histories)
+def test_transition_iff_state_changes(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    before = h
+    for after, t in run(h, oks, spec):
+        if t is None:
+            assert after.state == before.state
+            assert after.transitions == before.transitions
+        else:
+            assert (t.old, t.new) == (before.state, after.state)
+            assert t.old != t.new
+            assert after.transitions == before.transitions + 1
+            assert t.reason
+        before = after
+
+
+@given(specs, starts, histories)
+def test_state_follows_the_streak(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    """Up exactly when it was (or became) up and has not failed `fall` times in a row since."""
+    for after, t in run(h, oks, spec):
+        if after.successes >= spec.rise:
+            assert after.state == "up"
+        if after.failures >= spec.fall:
+            assert after.state == "down"
+        if t is not None and t.new == "up":
+            assert after.successes == spec.rise
+        if t is not None and t.new == "down":
+            assert after.failures == spec.fall
+
+
+@given(specs, starts, histories)
+def test_flapping_is_bounded(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    """Between two transitions there are at least rise (to up) or fall (to down) probes."""
+    last_index = None
+    for i, (_, t) in enumerate(run(h, oks, spec)):
+        if t is None:
+            continue
+        if last_index is not None:
+            assert i - last_index >= (spec.rise if t.new == "up" else spec.fall)
+        last_index = i
+    transitions = sum(t is not None for _, t in run(h, oks, spec))
+    assert transitions <= len(oks) // min(spec.rise, spec.fall) + 1
+
+
+@given(specs, histories)
+def test_in_kernel_server_stays_up_until_fall_failures(spec: CheckSpec, oks: list[bool]) -> None:
+    """A restart never disturbs traffic: no removal before `fall` consecutive failures."""
+    h = initial(True, spec)
+    assert h.state == "up"
+    for after, t in run(h, oks, spec):
+        if t is not None:
+            assert (t.new, after.failures) == ("down", spec.fall)
+            break
+
+
+@given(specs)
+def test_missing_server_is_unknown_and_added_after_rise(spec: CheckSpec) -> None:
+    h = initial(False, spec)
+    assert h.state == "unknown"
+    steps = run(h, [True] * spec.rise, spec)
+    assert [t is not None for _, t in steps] == [False] * (spec.rise - 1) + [True]
+    assert steps[-1][0].state == "up"
+
+
+@given(specs, st.booleans(), st.sampled_from(["up", "down"]))
+def test_initial_state_overrides(spec: CheckSpec, in_kernel: bool, state: str) -> None:
+    spec = CheckSpec(type=spec.type, rise=spec.rise, fall=spec.fall, initial_state=state)  # type: ignore[arg-type]
+    assert initial(in_kernel, spec).state == state
+
+
+def test_no_check_is_up_at_once() -> None:
+    assert initial(False, CheckSpec(type="none")).state == "up"
+
+
+@given(specs, starts, histories)
+def test_deterministic(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    assert run(h, oks, spec) == run(h, oks, spec)
+
+
+def test_reason_names_the_streak_and_last_detail() -> None:
+    spec = CheckSpec(type="tcp", rise=2, fall=3)
+    h = initial(True, spec)
+    t = None
+    for _ in range(3):
+        h, t = observe(h, BAD, spec)
+    assert t == Transition("up", "down", "3 consecutive failures, last: HTTP 500")
