@@ -46,7 +46,9 @@ def test_plan_reaches_desired_in_canonical_order_and_is_idempotent(
 
 
 @given(want=servers, histories=st.lists(kernel_lists(), min_size=2, max_size=2))
-def test_two_histories_end_in_the_same_kernel_list(want: list[int], histories: list[tuple[Dest, ...]]) -> None:
+def test_two_histories_end_in_the_same_kernel_list(
+    want: list[int], histories: list[tuple[Dest, ...]]
+) -> None:
     ends = []
     for have in histories:
         observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}

@@ -1,0 +1,352 @@
+"""The IPVS layer: dump and change the kernel's virtual services over generic netlink.
+
+The message schema is declared once, on pyroute2's `genlmsg`/`nla` classes (`IpvsMessage`), which
+exist with the same API in Debian 12's pyroute2 0.7.2 (no IPVS module) and in PyPI's 0.9.x. The
+attribute numbers the fast codec uses are read from that declaration, and the tests check that both
+encode the same bytes. The hot path encodes and decodes with `mhd.netlink` because pyroute2's
+generic classes cost ~115 us per message here: 2 s of CPU for a 17,000-object apply on the host, ~40 s
+inside the test VM, more than `ipvsadm -R` needs for the whole job.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink import genlmsg, nla
+
+from . import netlink as nl
+from .model import Dest, DestKey, IPAddress, Service, ServiceKey, Stats
+from .planner import Op
+
+
+class IpvsMessage(genlmsg):  # type: ignore[misc]
+    """include/uapi/linux/ip_vs.h, as pyroute2 classes: the single declaration of the schema."""
+
+    prefix = "IPVS_CMD_ATTR_"
+    nla_map = (
+        ("IPVS_CMD_ATTR_UNSPEC", "none"),
+        ("IPVS_CMD_ATTR_SERVICE", "service"),
+        ("IPVS_CMD_ATTR_DEST", "dest"),
+        ("IPVS_CMD_ATTR_DAEMON", "hex"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
+    )
+
+    class stats(nla):  # type: ignore[misc]
+        prefix = "IPVS_STATS_ATTR_"
+        nla_map = (
+            ("IPVS_STATS_ATTR_UNSPEC", "none"),
+            ("IPVS_STATS_ATTR_CONNS", "uint64"),
+            ("IPVS_STATS_ATTR_INPKTS", "uint64"),
+            ("IPVS_STATS_ATTR_OUTPKTS", "uint64"),
+            ("IPVS_STATS_ATTR_INBYTES", "uint64"),
+            ("IPVS_STATS_ATTR_OUTBYTES", "uint64"),
+            ("IPVS_STATS_ATTR_CPS", "uint64"),
+            ("IPVS_STATS_ATTR_INPPS", "uint64"),
+            ("IPVS_STATS_ATTR_OUTPPS", "uint64"),
+            ("IPVS_STATS_ATTR_INBPS", "uint64"),
+            ("IPVS_STATS_ATTR_OUTBPS", "uint64"),
+        )
+
+    class service(nla):  # type: ignore[misc]
+        prefix = "IPVS_SVC_ATTR_"
+        nla_map = (
+            ("IPVS_SVC_ATTR_UNSPEC", "none"),
+            ("IPVS_SVC_ATTR_AF", "uint16"),
+            ("IPVS_SVC_ATTR_PROTOCOL", "uint16"),
+            ("IPVS_SVC_ATTR_ADDR", "cdata"),
+            ("IPVS_SVC_ATTR_PORT", "be16"),
+            ("IPVS_SVC_ATTR_FWMARK", "uint32"),
+            ("IPVS_SVC_ATTR_SCHED_NAME", "asciiz"),
+            ("IPVS_SVC_ATTR_FLAGS", "cdata"),
+            ("IPVS_SVC_ATTR_TIMEOUT", "uint32"),
+            ("IPVS_SVC_ATTR_NETMASK", "uint32"),
+            ("IPVS_SVC_ATTR_STATS", "hex"),
+            ("IPVS_SVC_ATTR_PE_NAME", "asciiz"),
+            ("IPVS_SVC_ATTR_STATS64", "hex"),
+        )
+
+    class dest(nla):  # type: ignore[misc]
+        prefix = "IPVS_DEST_ATTR_"
+        nla_map = (
+            ("IPVS_DEST_ATTR_UNSPEC", "none"),
+            ("IPVS_DEST_ATTR_ADDR", "cdata"),
+            ("IPVS_DEST_ATTR_PORT", "be16"),
+            ("IPVS_DEST_ATTR_FWD_METHOD", "uint32"),
+            ("IPVS_DEST_ATTR_WEIGHT", "uint32"),
+            ("IPVS_DEST_ATTR_U_THRESH", "uint32"),
+            ("IPVS_DEST_ATTR_L_THRESH", "uint32"),
+            ("IPVS_DEST_ATTR_ACTIVE_CONNS", "uint32"),
+            ("IPVS_DEST_ATTR_INACT_CONNS", "uint32"),
+            ("IPVS_DEST_ATTR_PERSIST_CONNS", "uint32"),
+            ("IPVS_DEST_ATTR_STATS", "hex"),
+            ("IPVS_DEST_ATTR_ADDR_FAMILY", "uint16"),
+            ("IPVS_DEST_ATTR_STATS64", "hex"),
+            ("IPVS_DEST_ATTR_TUN_TYPE", "uint8"),
+            ("IPVS_DEST_ATTR_TUN_PORT", "be16"),
+            ("IPVS_DEST_ATTR_TUN_FLAGS", "uint16"),
+        )
+
+
+def _numbers(cls: Any) -> dict[str, int]:
+    return {name.removeprefix(cls.prefix): i for i, (name, _kind) in enumerate(cls.nla_map)}
+
+
+CMD_ATTR = _numbers(IpvsMessage)
+SVC = _numbers(IpvsMessage.service)
+DST = _numbers(IpvsMessage.dest)
+STATS = _numbers(IpvsMessage.stats)
+
+# IPVS_CMD_*
+CMD = {
+    "NEW_SERVICE": 1, "SET_SERVICE": 2, "DEL_SERVICE": 3, "GET_SERVICE": 4,
+    "NEW_DEST": 5, "SET_DEST": 6, "DEL_DEST": 7, "GET_DEST": 8,
+    "GET_INFO": 15, "FLUSH": 17,
+}  # fmt: skip
+OP_CMD = {
+    "add-service": CMD["NEW_SERVICE"], "edit-service": CMD["SET_SERVICE"],
+    "delete-service": CMD["DEL_SERVICE"], "add-dest": CMD["NEW_DEST"],
+    "edit-dest": CMD["SET_DEST"], "delete-dest": CMD["DEL_DEST"],
+}  # fmt: skip
+FWD_MASK = 0x0007
+ALL_FLAGS = 0xFFFFFFFF
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def _addr16(address: IPAddress) -> bytes:
+    """union nf_inet_addr: 16 bytes, an IPv4 address in the first four."""
+    return address.packed.ljust(16, b"\0")
+
+
+def service_id(key: ServiceKey) -> list[bytes]:
+    """The attributes that identify a service (enough for delete and for dest requests)."""
+    attrs = [nl.u16(SVC["AF"], key.family)]
+    if key.fwmark:
+        return [*attrs, nl.u32(SVC["FWMARK"], key.fwmark)]
+    assert key.address is not None
+    return [
+        *attrs,
+        nl.u16(SVC["PROTOCOL"], key.protocol),
+        nl.attr(SVC["ADDR"], _addr16(key.address)),
+        nl.be16(SVC["PORT"], key.port),
+    ]
+
+
+def service_full(svc: Service) -> list[bytes]:
+    """Identity plus every setting: what NEW_SERVICE and SET_SERVICE require."""
+    netmask = svc.netmask or (128 if svc.key.family == socket.AF_INET6 else 0xFFFFFFFF)
+    return [
+        *service_id(svc.key),
+        nl.string(SVC["SCHED_NAME"], svc.scheduler),
+        nl.attr(SVC["FLAGS"], struct.pack("=II", svc.flags, ALL_FLAGS)),
+        nl.u32(SVC["TIMEOUT"], svc.timeout),
+        nl.u32(SVC["NETMASK"], netmask),
+    ]
+
+
+def dest_attrs(dest: Dest, full: bool) -> list[bytes]:
+    family = socket.AF_INET6 if dest.key.address.version == 6 else socket.AF_INET
+    attrs = [
+        nl.attr(DST["ADDR"], _addr16(dest.key.address)),
+        nl.be16(DST["PORT"], dest.key.port),
+        nl.u16(DST["ADDR_FAMILY"], family),
+    ]
+    if full:
+        attrs += [
+            nl.u32(DST["FWD_METHOD"], dest.forward),
+            nl.u32(DST["WEIGHT"], dest.weight),
+            nl.u32(DST["U_THRESH"], dest.u_threshold),
+            nl.u32(DST["L_THRESH"], dest.l_threshold),
+        ]
+    return attrs
+
+
+def encode_op(op: Op) -> tuple[int, bytes]:
+    """(command, attributes) of the request that carries out one planned operation."""
+    cmd = OP_CMD[op.kind]
+    if op.kind == "delete-service":
+        return cmd, nl.nested(CMD_ATTR["SERVICE"], service_id(op.service.key))
+    if op.kind in ("add-service", "edit-service"):
+        return cmd, nl.nested(CMD_ATTR["SERVICE"], service_full(op.service))
+    assert op.dest is not None
+    svc = nl.nested(CMD_ATTR["SERVICE"], service_id(op.service.key))
+    return cmd, svc + nl.nested(CMD_ATTR["DEST"], dest_attrs(op.dest, op.kind != "delete-dest"))
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def _address(family: int, raw: memoryview | None) -> IPAddress:
+    data = bytes(raw or b"")
+    if family == socket.AF_INET6:
+        return ipaddress.IPv6Address(data[:16].ljust(16, b"\0"))
+    return ipaddress.IPv4Address(data[:4].ljust(4, b"\0"))
+
+
+def _stats(attrs: dict[int, memoryview], stats64: int, stats32: int, conns: tuple[int, int, int]) -> Stats:
+    raw = attrs.get(stats64)
+    wide = raw is not None
+    s = nl.parse_attrs(raw if raw is not None else attrs.get(stats32, memoryview(b"")))
+
+    def number(name: str) -> int:
+        if wide or name in ("INBYTES", "OUTBYTES"):
+            return nl.get_u64(s, STATS[name])
+        return nl.get_u32(s, STATS[name])
+
+    return Stats(
+        active_conns=conns[0],
+        inactive_conns=conns[1],
+        persist_conns=conns[2],
+        conns=number("CONNS"),
+        in_packets=number("INPKTS"),
+        out_packets=number("OUTPKTS"),
+        in_bytes=number("INBYTES"),
+        out_bytes=number("OUTBYTES"),
+    )
+
+
+def decode_service(payload: memoryview) -> Service | None:
+    """A service from one GET_SERVICE reply (generic header included); None if unparseable."""
+    top = nl.parse_attrs(payload[nl.GENLMSGHDR.size :])
+    if CMD_ATTR["SERVICE"] not in top:
+        return None
+    a = nl.parse_attrs(top[CMD_ATTR["SERVICE"]])
+    family = nl.get_u16(a, SVC["AF"])
+    fwmark = nl.get_u32(a, SVC["FWMARK"])
+    if fwmark:
+        key = ServiceKey(family, fwmark=fwmark)
+    else:
+        key = ServiceKey(
+            family,
+            protocol=nl.get_u16(a, SVC["PROTOCOL"]),
+            address=_address(family, a.get(SVC["ADDR"])),
+            port=nl.get_be16(a, SVC["PORT"]),
+        )
+    flags_raw = a.get(SVC["FLAGS"])
+    flags = struct.unpack_from("=I", flags_raw)[0] if flags_raw is not None else 0
+    return Service(
+        key=key,
+        scheduler=nl.get_string(a, SVC["SCHED_NAME"]),
+        flags=flags,
+        timeout=nl.get_u32(a, SVC["TIMEOUT"]),
+        netmask=nl.get_u32(a, SVC["NETMASK"]),
+        stats=_stats(a, SVC["STATS64"], SVC["STATS"], (0, 0, 0)),
+    )
+
+
+def decode_dest(payload: memoryview, service_family: int) -> Dest | None:
+    """A destination from one GET_DEST reply. The raw attributes are read as the kernel sent them
+    (pyroute2's IPVSDest would substitute its own defaults, e.g. forwarding method 3)."""
+    top = nl.parse_attrs(payload[nl.GENLMSGHDR.size :])
+    if CMD_ATTR["DEST"] not in top:
+        return None
+    a = nl.parse_attrs(top[CMD_ATTR["DEST"]])
+    family = nl.get_u16(a, DST["ADDR_FAMILY"], service_family)
+    conns = tuple(nl.get_u32(a, DST[n]) for n in ("ACTIVE_CONNS", "INACT_CONNS", "PERSIST_CONNS"))
+    return Dest(
+        key=DestKey(_address(family, a.get(DST["ADDR"])), nl.get_be16(a, DST["PORT"])),
+        weight=nl.get_u32(a, DST["WEIGHT"]),
+        forward=nl.get_u32(a, DST["FWD_METHOD"]) & FWD_MASK,
+        u_threshold=nl.get_u32(a, DST["U_THRESH"]),
+        l_threshold=nl.get_u32(a, DST["L_THRESH"]),
+        stats=_stats(a, DST["STATS64"], DST["STATS"], (conns[0], conns[1], conns[2])),
+    )
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+
+class IpvsUnavailable(Exception):
+    """The kernel has no IPVS generic netlink family: the module is missing or not loaded."""
+
+
+@dataclass(frozen=True)
+class OpFailure:
+    op: Op
+    error: nl.NetlinkError
+
+    def __str__(self) -> str:
+        return f"{self.op.describe()}: {explain(self.op, self.error)}"
+
+
+def explain(op: Op, error: nl.NetlinkError) -> str:
+    """What a kernel error means for this operation, and what to do about it."""
+    code = error.code
+    if code == errno.EEXIST:
+        return "already exists in the kernel (changed behind mhd's back?); the next reconcile re-reads the kernel and fixes it"
+    if code == errno.ESRCH:
+        return "the service does not exist in the kernel (deleted behind mhd's back?); the next reconcile re-creates it"
+    if code == errno.ENOENT and op.kind in ("add-service", "edit-service"):
+        return f"the kernel has no scheduler '{op.service.scheduler}': load it with modprobe ip_vs_{op.service.scheduler}"
+    if code == errno.ENOENT:
+        return "the destination does not exist in the kernel; the next reconcile re-reads the kernel"
+    if code == errno.EINVAL and op.kind == "add-dest":
+        return f"the kernel refused the destination ({error}); is its address unicast and is the loopback interface up in this network namespace?"
+    if code == errno.EPERM:
+        return "permission denied: mhd needs CAP_NET_ADMIN (run it as root or with that capability)"
+    return str(error)
+
+
+class IpvsClient:
+    """Dump and change IPVS in this process's network namespace."""
+
+    def __init__(self) -> None:
+        self.sock = nl.GenlSocket()
+        self.family = 0
+
+    @classmethod
+    async def open(cls) -> IpvsClient:
+        client = cls()
+        try:
+            client.family = await client.sock.family_id("IPVS")
+        except nl.NetlinkError as exc:
+            client.close()
+            raise IpvsUnavailable(
+                "the kernel has no IPVS: load it with `modprobe ip_vs` (Debian: it ships with "
+                "linux-image-amd64; a kernel without CONFIG_IP_VS cannot run mhd)"
+            ) from exc
+        return client
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def writes(self) -> int:
+        return self.sock.writes
+
+    async def services(self) -> dict[ServiceKey, Service]:
+        """A fresh dump of every service with its destinations in kernel list order (head first)."""
+        out: dict[ServiceKey, Service] = {}
+        for payload in await self.sock.dump(self.family, CMD["GET_SERVICE"]):
+            svc = decode_service(payload)
+            if svc is None:
+                continue
+            try:
+                dests = await self.dests(svc.key)
+            except nl.NetlinkError as exc:
+                if exc.code == errno.ESRCH:  # deleted between the two dumps
+                    continue
+                raise
+            out[svc.key] = Service(
+                svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests, svc.stats
+            )
+        return out
+
+    async def dests(self, key: ServiceKey) -> tuple[Dest, ...]:
+        request = nl.nested(CMD_ATTR["SERVICE"], service_id(key))
+        replies = await self.sock.dump(self.family, CMD["GET_DEST"], request)
+        return tuple(d for d in (decode_dest(p, key.family) for p in replies) if d is not None)
+
+    async def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
+        """Carry out planned operations in order, pipelined; return the ones the kernel refused."""
+        results = await self.sock.transact(self.family, [encode_op(op) for op in ops])
+        return [OpFailure(op, err) for op, err in zip(ops, results, strict=True) if err is not None]

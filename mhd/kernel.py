@@ -1,0 +1,123 @@
+"""The running kernel: load the IPVS modules, read the MH table size, tell in-tree from backport.
+
+All of it reads /proc, /sys and /boot, or runs modprobe: nothing here talks netlink.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .model import DEFAULT_MH_TAB_INDEX, mh_table_size
+
+SYS_MODULE = Path("/sys/module")
+MhVariant = Literal["intree", "backport"]
+
+
+class KernelError(Exception):
+    """IPVS cannot be used on this host; the message says what to install or load."""
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    release: str
+    mh_loaded: bool
+    mh_variant: MhVariant | None
+    mh_tab_index: int
+    mh_tab_index_source: str
+
+    @property
+    def mh_table_size(self) -> int:
+        return mh_table_size(self.mh_tab_index)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "release": self.release,
+            "ip_vs_mh_loaded": self.mh_loaded,
+            "ip_vs_mh": self.mh_variant,
+            "mh_tab_index": self.mh_tab_index,
+            "mh_table_size": self.mh_table_size,
+            "mh_tab_index_source": self.mh_tab_index_source,
+        }
+
+
+def load_modules(schedulers: Iterable[str]) -> list[str]:
+    """modprobe ip_vs and ip_vs_<scheduler> for every scheduler in use.
+
+    Returns warnings for schedulers that could not be loaded (the services using them will fail with
+    a clear error); raises KernelError when IPVS itself is missing.
+    """
+    warnings: list[str] = []
+    if not _ipvs_present():
+        error = _modprobe("ip_vs")
+        if not _ipvs_present():
+            raise KernelError(
+                "IPVS is not available in this kernel"
+                + (f" (modprobe ip_vs: {error})" if error else "")
+                + ": load it with `modprobe ip_vs`; on Debian the module ships with linux-image-amd64 "
+                "(the cloud kernel flavour lacks nothing here, a custom kernel needs CONFIG_IP_VS=m)"
+            )
+    for sched in sorted(set(schedulers)):
+        if (SYS_MODULE / f"ip_vs_{sched}").exists():
+            continue
+        error = _modprobe(f"ip_vs_{sched}")
+        if error and not (SYS_MODULE / f"ip_vs_{sched}").exists():
+            hint = " (Linux 4.18+, or the ip-vs-mh-dkms backport)" if sched == "mh" else ""
+            warnings.append(f"scheduler {sched}: cannot load ip_vs_{sched}{hint}: {error}")
+    return warnings
+
+
+def _ipvs_present() -> bool:
+    return Path("/proc/net/ip_vs").exists() or (SYS_MODULE / "ip_vs").exists()
+
+
+def _modprobe(module: str) -> str:
+    """Run modprobe; '' on success, the reason otherwise."""
+    binary = shutil.which("modprobe") or "/sbin/modprobe"
+    try:
+        proc = subprocess.run([binary, module], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return "" if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
+
+
+def mh_tab_index(release: str | None = None) -> tuple[int, str]:
+    """CONFIG_IP_VS_MH_TAB_INDEX of the running kernel and where it was read (default 12)."""
+    release = release or os.uname().release
+    pattern = re.compile(rb"^CONFIG_IP_VS_MH_TAB_INDEX=(\d+)$", re.M)
+    for path in (Path(f"/boot/config-{release}"), Path("/proc/config.gz")):
+        try:
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+        m = pattern.search(data)
+        if m and 8 <= int(m.group(1)) <= 17:
+            return int(m.group(1)), str(path)
+    return DEFAULT_MH_TAB_INDEX, "default"
+
+
+def mh_variant() -> MhVariant | None:
+    """Which ip_vs_mh is loaded: the backport has a version file and `variant` parameter."""
+    base = SYS_MODULE / "ip_vs_mh"
+    if not base.exists():
+        return None
+    try:
+        if (base / "parameters" / "variant").read_text().strip() == "backport":
+            return "backport"
+    except OSError:
+        pass
+    return "backport" if (base / "version").exists() else "intree"
+
+
+def info(tab_index_override: int | None = None) -> KernelInfo:
+    release = os.uname().release
+    index, source = (tab_index_override, "config") if tab_index_override else mh_tab_index(release)
+    variant = mh_variant()
+    return KernelInfo(release, variant is not None, variant, index, source)

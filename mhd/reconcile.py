@@ -1,0 +1,122 @@
+"""One reconcile pass: observe the kernel, decide what should be there, diff, act.
+
+`desired_state` is pure: which servers of each configured service belong in IPVS right now, given
+health and operator drains, with the `min-healthy` guard (a checker-side network problem must never
+black-hole a VIP). `reconcile` is the thin shell around it: a fresh dump, the planner, the writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .config import Config, ServiceConfig
+from .ipvs import IpvsClient, OpFailure
+from .model import DestKey, Service, ServiceKey
+from .planner import Desired, Op, plan, unmanaged
+from .state import StateDir
+
+log = logging.getLogger("mhd.reconcile")
+
+# Is this server healthy? (service name, server key) -> bool. `mhctl apply` says yes to every one.
+HealthView = Callable[[str, DestKey], bool]
+
+
+def all_healthy(_service: str, _server: DestKey) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Which servers of one service belong in IPVS, and whether the min-healthy guard fired."""
+
+    members: frozenset[DestKey]
+    panic: bool
+    healthy: int
+    enabled: int
+
+
+def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> Membership:
+    """Healthy, enabled servers; all enabled ones when fewer than `min-healthy` are healthy (panic).
+
+    Operator-disabled servers stay out even in panic: a drain is an explicit decision.
+    """
+    enabled = [s for s in svc.servers if str(s.key) not in disabled]
+    up = frozenset(s.key for s in enabled if healthy(svc.name, s.key))
+    need = svc.min_healthy.required(len(enabled))
+    if len(up) < need:
+        return Membership(frozenset(s.key for s in enabled), True, len(up), len(enabled))
+    return Membership(up, False, len(up), len(enabled))
+
+
+def desired_state(
+    config: Config, healthy: HealthView, disabled: Mapping[str, set[str]]
+) -> tuple[dict[ServiceKey, Desired], dict[str, Membership]]:
+    desired: dict[ServiceKey, Desired] = {}
+    members: dict[str, Membership] = {}
+    for svc in config.services:
+        m = membership(svc, healthy, disabled.get(svc.name, set()))
+        members[svc.name] = m
+        desired[svc.key] = Desired(svc.name, svc.service(set(m.members)))
+    return desired, members
+
+
+@dataclass
+class Outcome:
+    """What one reconcile pass saw and did."""
+
+    observed: dict[ServiceKey, Service]
+    ops: list[Op]
+    failures: list[OpFailure]
+    unmanaged: list[ServiceKey]
+    members: dict[str, Membership] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> int:
+        return len(self.ops) - len(self.failures)
+
+
+async def reconcile(
+    client: IpvsClient,
+    config: Config,
+    state: StateDir,
+    healthy: HealthView = all_healthy,
+    *,
+    dry_run: bool = False,
+) -> Outcome:
+    """Make IPVS match the config (and health) now; return what was seen and done.
+
+    Ownership is recorded *before* writing, so a crash half-way still knows which services are mhd's;
+    services deleted because they left the config are forgotten only after the kernel confirmed.
+    """
+    observed = await client.services()
+    desired, members = desired_state(config, healthy, state.disabled())
+    owned = state.owned()
+    ops = plan(desired, observed, owned)
+    foreign = unmanaged(desired, observed, owned)
+    if dry_run:
+        return Outcome(observed, ops, [], foreign, members)
+    state.set_owned(owned | set(desired))
+    failures = await client.apply(ops) if ops else []
+    failed = {f.op.service.key for f in failures if f.op.kind == "delete-service"}
+    gone = {op.service.key for op in ops if op.kind == "delete-service"} - failed
+    gone |= (owned - set(desired)) - set(observed)
+    state.set_owned((owned | set(desired)) - gone)
+    log_ops(ops)
+    for failure in failures:
+        log.error("%s", failure)
+    return Outcome(observed, ops, failures, foreign, members)
+
+
+def log_ops(ops: list[Op], limit: int = 50) -> None:
+    """Every operation when there are few; a count by kind when a cold start writes thousands."""
+    if len(ops) <= limit:
+        for op in ops:
+            log.info("%s", op.describe())
+        return
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+        log.debug("%s", op.describe())
+    log.info("%d operations: %s", len(ops), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
