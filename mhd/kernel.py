@@ -62,7 +62,7 @@ def load_modules(schedulers: Iterable[str]) -> list[str]:
                 "IPVS is not available in this kernel"
                 + (f" (modprobe ip_vs: {error})" if error else "")
                 + ": load it with `modprobe ip_vs`; on Debian the module ships with linux-image-amd64 "
-                "(the cloud kernel flavour lacks nothing here, a custom kernel needs CONFIG_IP_VS=m)"
+                "(a custom kernel needs CONFIG_IP_VS=m)"
             )
     for sched in sorted(set(schedulers)):
         if (SYS_MODULE / f"ip_vs_{sched}").exists():

@@ -1,0 +1,296 @@
+"""mhd, the daemon: keep IPVS equal to the config and to the health of the real servers.
+
+One asyncio loop runs everything: the probes, the API, and the reconcile loop below, which is
+level-triggered: every pass dumps the kernel afresh, plans against it and writes only the difference.
+A pass runs every `reconcile-interval`, at once after a health transition, and after a reload.
+
+Signals: SIGHUP re-reads the config (an invalid file is logged and changes nothing); SIGTERM and
+SIGINT stop the daemon and leave IPVS exactly as it is, so a restart or an upgrade never drops a VIP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, kernel, sdnotify
+from .config import Config, ServiceConfig, load
+from .health import Health, Transition
+from .ipvs import IpvsClient, IpvsUnavailable
+from .model import DestKey, Service, ServiceKey, mh_table_size
+from .netlink import NetlinkError
+from .prober import Prober, Target
+from .reconcile import Outcome, reconcile
+from .state import StateDir, StateError
+from .yamlsource import ConfigError
+
+log = logging.getLogger("mhd")
+DEFAULT_CONFIGS = ("/etc/mhd/mhd.yaml", "/etc/mhd.yaml")
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    at: float
+    errors: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "at": self.at, "errors": self.errors, "sha256": self.sha256}
+
+
+def targets(config: Config) -> dict[tuple[str, DestKey], Target]:
+    """One health target per (service, server), with the server's merged check."""
+    return {
+        (svc.name, s.key): Target(svc.name, str(s.address), s.port, s.check)
+        for svc in config.services
+        for s in svc.servers
+    }
+
+
+class Daemon:
+    """The long-running state: config, kernel client, prober, last outcome."""
+
+    def __init__(self, config_path: str, state_dir: str | None = None) -> None:
+        self.config_path = config_path
+        self.state_dir_override = state_dir
+        self.config: Config | None = None
+        self.loaded_at = 0.0
+        self.last_reload: ReloadResult | None = None
+        self.kernel: kernel.KernelInfo | None = None
+        self.client: IpvsClient | None = None
+        self.state: StateDir | None = None
+        self.prober = Prober(on_transition=self._on_transition)
+        self.targets: dict[tuple[str, DestKey], Target] = {}
+        self.outcome: Outcome | None = None
+        self.observed: dict[ServiceKey, Service] = {}
+        self.reconciles = 0
+        self.drift_repairs = 0
+        self.op_counts: dict[str, int] = {}
+        self.transitions = 0
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
+        self._reload_requested = False
+        self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
+
+    # --- config ----------------------------------------------------------------------------------
+    def _load(self) -> Config:
+        info = self.kernel or kernel.info()
+        return load(self.config_path, mh_slots=mh_table_size(info.mh_tab_index))
+
+    def _adopt(self, config: Config) -> None:
+        """Make `config` the running one: new targets start, unchanged ones keep their health."""
+        self.config = config
+        self.loaded_at = time.time()
+        self.targets = targets(config)
+        in_kernel: set[tuple[str, DestKey]] = set()
+        for svc in config.services:
+            seen = self.observed.get(svc.key)
+            in_kernel |= {(svc.name, d.key) for d in (seen.dests if seen else ())}
+        inverse = {t: k for k, t in self.targets.items()}
+        self.prober.set_targets(self.targets.values(), in_kernel=lambda t: inverse[t] in in_kernel)
+
+    def healthy(self, service: str, server: DestKey) -> bool:
+        target = self.targets.get((service, server))
+        return target is not None and self.prober.health(target).state == "up"
+
+    def health(self, service: str, server: DestKey) -> Health | None:
+        target = self.targets.get((service, server))
+        return self.prober.health(target) if target is not None else None
+
+    def _on_transition(self, target: Target, transition: Transition, health: Health) -> None:
+        self.transitions += 1
+        self._wake.set()
+
+    def request_reload(self) -> asyncio.Future[ReloadResult]:
+        """Ask the main loop to reload; the future resolves with the result (API, mhctl reload)."""
+        future: asyncio.Future[ReloadResult] = asyncio.get_running_loop().create_future()
+        self._reload_waiters.append(future)
+        self._reload_requested = True
+        self._wake.set()
+        return future
+
+    def _reload(self) -> ReloadResult:
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            errors = [str(p) for p in exc.problems]
+            for e in errors:
+                log.error("reload rejected, keeping the running config: %s", e)
+            result = ReloadResult(False, time.time(), errors)
+        else:
+            assert self.config is not None
+            if config.state_dir != self.config.state_dir and not self.state_dir_override:
+                log.warning(
+                    "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
+                )
+            changed = config.sha256 != self.config.sha256
+            self._adopt(config)
+            log.info("reloaded %s (%s)", self.config_path, "changed" if changed else "unchanged")
+            result = ReloadResult(True, time.time(), [], config.sha256)
+        self.last_reload = result
+        sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
+        return result
+
+    # --- reconcile -------------------------------------------------------------------------------
+    async def reconcile_once(self) -> None:
+        assert self.client is not None and self.config is not None and self.state is not None
+        try:
+            outcome = await reconcile(self.client, self.config, self.state, self.healthy)
+        except (NetlinkError, OSError) as exc:
+            log.error("reconcile failed, retrying in %gs: %s", self.config.reconcile_interval, exc)
+            return
+        self.reconciles += 1
+        self.outcome = outcome
+        self.observed = outcome.observed
+        for op in outcome.ops:
+            self.op_counts[op.kind] = self.op_counts.get(op.kind, 0) + 1
+        for hook in self.hooks:
+            hook()
+        sdnotify.notify("STATUS=" + self.status_line())
+
+    def status_line(self) -> str:
+        if self.config is None or self.outcome is None:
+            return "starting"
+        members = self.outcome.members
+        up = sum(m.healthy for m in members.values())
+        total = sum(len(s.servers) for s in self.config.services)
+        panic = sum(1 for m in members.values() if m.panic)
+        line = f"{len(self.config.services)} services, {up}/{total} servers up"
+        if panic:
+            line += f", {panic} in panic"
+        if self.last_reload and not self.last_reload.ok:
+            line += f"; last reload failed: {self.last_reload.errors[0] if self.last_reload.errors else '?'}"
+        return line
+
+    async def main_loop(self) -> None:
+        assert self.config is not None
+        while not self._stop.is_set():
+            if self._reload_requested:
+                self._reload_requested = False
+                result = self._reload()
+                waiters, self._reload_waiters = self._reload_waiters, []
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(result)
+            await self.reconcile_once()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.reconcile_interval)
+
+    async def _watchdog(self, every: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and systemd restarts us."""
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def run(self, on_ready: Callable[[Daemon], Any] | None = None) -> int:
+        self.kernel = kernel.info()
+        config = self._load()
+        for warning in kernel.load_modules(config.schedulers()):
+            log.warning("%s", warning)
+        self.kernel = kernel.info(config.kernel.mh_tab_index)
+        self.state = StateDir(self.state_dir_override or config.state_dir)
+        self.state.lock()
+        self.client = await IpvsClient.open()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            self.observed = await self.client.services()
+            self._adopt(config)
+            self.last_reload = ReloadResult(True, time.time(), [], config.sha256)
+            writes_before = self.client.writes
+            await self.reconcile_once()
+            log.info(
+                "mhd %s started: %s; %d netlink writes at start",
+                __version__,
+                self.status_line(),
+                self.client.writes - writes_before,
+            )
+            if on_ready is not None:
+                await on_ready(self)
+            await self.prober.start()
+            sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
+            every = sdnotify.watchdog_interval()
+            if every:
+                tasks.append(asyncio.create_task(self._watchdog(every)))
+            await self.main_loop()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            for task in tasks:
+                task.cancel()
+            await self.prober.stop()
+            self.client.close()
+            self.state.unlock()
+        log.info("stopped; IPVS left as it is")
+        return 0
+
+
+def find_config(path: str | None) -> str:
+    if path:
+        return path
+    return next((p for p in DEFAULT_CONFIGS if Path(p).exists()), DEFAULT_CONFIGS[0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mhd",
+        description="IPVS/Maglev control-plane daemon: keeps IPVS equal to the config and to server health. "
+        "SIGHUP reloads the config; SIGTERM stops and leaves IPVS as it is.",
+    )
+    p.add_argument("-c", "--config", help=f"config file (default: the first of {', '.join(DEFAULT_CONFIGS)})")
+    p.add_argument("--state-dir", help="state dir (default: the config's state-dir, /var/lib/mhd)")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("MHD_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    p.add_argument("--version", action="version", version=f"mhd {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sdnotify.setup_logging(getattr(logging, args.log_level.upper()))
+    daemon = Daemon(find_config(args.config), args.state_dir)
+    try:
+        return asyncio.run(daemon.run())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 2
+    except (kernel.KernelError, IpvsUnavailable, StateError) as exc:
+        log.error("%s", exc)
+        return 1
+    except PermissionError as exc:
+        log.error("permission denied (%s): mhd needs root or CAP_NET_ADMIN", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Daemon", "ServiceConfig", "main"]
