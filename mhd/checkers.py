@@ -21,6 +21,7 @@ cancellation propagates (so the prober can stop). Every probe is bounded by ``sp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
@@ -386,14 +387,7 @@ async def _check_exec(spec: CheckSpec, address: str, port: int, service: str) ->
         raise CheckFailed("exec check without a command")
     env = dict(os.environ)
     env.update(MHD_SERVICE=service, MHD_SERVER_ADDRESS=address, MHD_SERVER_PORT=str(port))
-    proc = await asyncio.create_subprocess_exec(
-        *spec.command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-        start_new_session=True,  # its own process group: a timeout kills the whole tree
-    )
+    proc = await _spawn(spec.command, env)
     try:
         tail = await _tail(proc.stdout)
         code = await proc.wait()
@@ -403,6 +397,30 @@ async def _check_exec(spec: CheckSpec, address: str, port: int, service: str) ->
     if code != 0:
         raise CheckFailed(f"exit {code}: {text}" if text else f"exit {code}")
     return f"exit 0: {text}" if text else "exit 0"
+
+
+async def _spawn(argv: tuple[str, ...], env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start ``argv`` in its own process group (a timeout kills the whole tree).
+
+    The process exists before create_subprocess_exec() returns; if cancelled in between,
+    asyncio kills only the leader, so finish the spawn shielded and kill its group ourselves.
+    """
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    )
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await _kill_group(await spawn)
+        raise
 
 
 async def _tail(stream: asyncio.StreamReader | None) -> bytes:

@@ -26,9 +26,13 @@ LO = "127.0.0.1"
 def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     """Run an async test in a fresh loop (no pytest plugin needed)."""
 
+    async def bounded(*args: Any, **kwargs: Any) -> None:
+        async with asyncio.timeout(20):  # unlike wait_for, no extra task: tests count tasks
+            await fn(*args, **kwargs)
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 20))
+        asyncio.run(bounded(*args, **kwargs))
 
     return wrapper
 
