@@ -31,6 +31,7 @@ from .model import (
     Service,
     ServiceKey,
     mh_table_size,
+    parse_ip,
 )
 from .yamlsource import ConfigError, Located, Problem, parse
 
@@ -287,7 +288,7 @@ class _Validator:
 
     def address(self, node: Located, what: str) -> IPAddress | None:
         try:
-            return ipaddress.ip_address(str(node.value).strip())
+            return parse_ip(str(node.value).strip())
         except ValueError:
             self.error(node, f"{what} {node.value!r} is not an IPv4 or IPv6 address")
             return None

@@ -38,6 +38,22 @@ MH_PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
 DEFAULT_MH_TAB_INDEX = 12
 
 
+def parse_ip(text: str) -> IPAddress:
+    """An IPv4 or IPv6 address, strictly (no "10.1" shorthand); ValueError otherwise.
+
+    inet_pton and the packed constructors are ~10x faster than ipaddress.ip_address, which matters
+    for a config with tens of thousands of servers.
+    """
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        pass
+    try:
+        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+    except OSError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
 def mh_table_size(tab_index: int = DEFAULT_MH_TAB_INDEX) -> int:
     """M, the number of slots of an ip_vs_mh lookup table (a prime)."""
     return MH_PRIMES[tab_index - 8]

@@ -1,0 +1,41 @@
+# mhd: every entry point. `make demo` and `make test` do all setup on a fresh Debian 12 machine (root).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+COMPAT := .venv-pyroute2-0.7/bin/python
+HOST_TESTS := tests --ignore=tests/vm
+
+.PHONY: setup demo test lint host-tests compat-tests vm-tests kmod-check bench clean
+
+setup:
+	scripts/setup
+
+## Run mhd on etc/mhd.yaml against real servers (in a VM when this kernel has no IPVS).
+demo: setup
+	tests/vm/run --shell-cmd 'bash scripts/demo'
+
+## Everything CI runs: lint, host tests (twice: pyroute2 0.9 and 0.7.2), kmod build, real-kernel suite.
+test: setup lint host-tests compat-tests kmod-check vm-tests
+
+lint:
+	$(VENV)/bin/ruff check mhd tests bench
+	$(VENV)/bin/mypy mhd
+
+host-tests:
+	scripts/pytest-status $(PY) -m pytest -q $(HOST_TESTS)
+
+compat-tests:
+	scripts/pytest-status $(COMPAT) -m pytest -q -p no:cacheprovider tests/test_ipvs_codec.py
+
+kmod-check:
+	@if ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1 && [ -f kmod/Makefile ]; then \
+		$(MAKE) -C kmod check; else echo "kmod-check: no kernel headers installed, skipped"; fi
+
+vm-tests:
+	tests/vm/run -q
+
+bench: setup
+	$(PY) bench/bench_maglev.py
+	$(PY) bench/bench_health.py
+
+clean:
+	rm -rf .vm-work .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,154 @@
+"""The daemon against a real kernel: drift repair, reloads (good and broken), stop, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import netns as nsh
+import pytest
+
+START_TIMEOUT = 240.0  # Python start-up under TCG takes tens of seconds
+
+
+def daemon_config(vip: str, servers: dict[str, int], interval: str = "1s") -> str:
+    lines = [
+        f"reconcile-interval: {interval}",
+        "api: {listen: '', socket: ''}",
+        "services:",
+        "  - name: dns",
+        f"    address: {vip}",
+        "    port: 53",
+        "    protocol: udp",
+        "    mh-port: true",
+        "    check: {type: none}",
+        "    servers:",
+    ]
+    lines += [f"      - {{address: {s}, weight: {w}}}" for s, w in servers.items()]
+    return "\n".join(lines) + "\n"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    ns: str
+    config: Path
+    state: Path
+    log: Path
+    python: str
+    proc: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0
+
+    def start(self) -> None:
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, self.python, "-m", "mhd.daemon", "-c", str(self.config),
+             "--state-dir", str(self.state)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out.close()
+        self.wait_log("started", START_TIMEOUT)
+
+    def text(self) -> str:
+        return self.log.read_text()[self.log_offset :]
+
+    def wait_log(self, needle: str, timeout: float = 60.0) -> str:
+        def seen() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mhd exited with {self.proc.returncode}:\n{self.text()}")
+            return needle in self.text()
+
+        wait_for(seen, timeout, f"'{needle}' in the daemon log")
+        return self.text()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def daemon(netns: nsh.NetnsFactory, tmp_path: Path, venv_python: str) -> Iterator[tuple[Daemon, nsh.Topology]]:
+    t = nsh.make_topology(netns("dir"), netns("cli"))
+    d = Daemon(t.director, tmp_path / "mhd.yaml", tmp_path / "state", tmp_path / "mhd.log", venv_python)
+    yield d, t
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_daemon_lifecycle(daemon: tuple[Daemon, nsh.Topology], report) -> None:
+    d, t = daemon
+    servers = {t.rs(i): 1 for i in range(1, 6)}
+    d.config.write_text(daemon_config(t.vip, servers))
+    t0 = time.monotonic()
+    d.start()
+    report(f"daemon start to ready: {time.monotonic() - t0:.1f}s")
+    expected = nsh.ipvsadm_save(t.director)
+    assert expected.count("-a -u") == 5
+
+    # Drift: someone deletes a destination and changes a weight; the daemon puts both back.
+    nsh.ipvsadm(t.director, "-d", "-u", f"{t.vip}:53", "-r", f"{t.rs(2)}:53")
+    nsh.ipvsadm(t.director, "-e", "-u", f"{t.vip}:53", "-r", f"{t.rs(4)}:53", "-m", "-w", "9")
+    wait_for(lambda: nsh.ipvsadm_save(t.director) == expected, 30, "drift repaired")
+    # Someone deletes the whole service.
+    nsh.ipvsadm(t.director, "-D", "-u", f"{t.vip}:53")
+    wait_for(lambda: nsh.ipvsadm_save(t.director) == expected, 30, "service re-created")
+
+    # A broken file on SIGHUP: every error logged, nothing changes, the daemon keeps running.
+    good = d.config.read_text()
+    d.config.write_text(good.replace("weight: 1", "weight: 0", 1) + "bogus-key: 1\n")
+    d.signal(signal.SIGHUP)
+    log = d.wait_log("reload rejected")
+    assert "weight 0 is not allowed" in log and "unknown key 'bogus-key'" in log
+    time.sleep(2.5)  # two reconcile intervals
+    assert nsh.ipvsadm_save(t.director) == expected
+
+    # A good edit on SIGHUP: a weight change, applied in place (same list order).
+    d.config.write_text(daemon_config(t.vip, {**servers, t.rs(3): 5}))
+    d.signal(signal.SIGHUP)
+    edited = expected.replace(f"-r {t.rs(3)}:53 -m -w 1", f"-r {t.rs(3)}:53 -m -w 5")
+    wait_for(lambda: nsh.ipvsadm_save(t.director) == edited, 30, "weight edit applied")
+
+    # SIGTERM: exit 0 and IPVS left exactly as it is.
+    assert d.stop() == 0
+    assert nsh.ipvsadm_save(t.director) == edited
+
+    # Restart with the same config: adopts the kernel state, zero netlink writes.
+    d.start()
+    assert "0 netlink writes at start" in d.text()
+    assert nsh.ipvsadm_save(t.director) == edited
+    assert d.stop() == 0
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused(daemon: tuple[Daemon, nsh.Topology]) -> None:
+    d, t = daemon
+    d.config.write_text(daemon_config(t.vip, {t.rs(1): 1}))
+    d.start()
+    other = subprocess.run(
+        ["ip", "netns", "exec", t.director, d.python, "-m", "mhd.daemon", "-c", str(d.config),
+         "--state-dir", str(d.state)],
+        capture_output=True, text=True, timeout=START_TIMEOUT,
+    )  # fmt: skip
+    assert other.returncode == 1
+    assert "is in use by another mhd" in other.stderr
+    assert d.stop() == 0
