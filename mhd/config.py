@@ -349,11 +349,12 @@ class _Validator:
             api = replace(api, socket=None if sock in (None, False, "") else str(sock))
         if "socket-mode" in m:
             mode = m["socket-mode"].value
-            try:
-                api = replace(api, socket_mode=int(str(mode), 8))
-            except ValueError:
+            if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3}", mode.strip()):
+                api = replace(api, socket_mode=int(mode, 8))
+            else:  # an unquoted 0660 is YAML 1.1 octal (432): require the quoted form, unambiguous
                 self.error(
-                    m["socket-mode"], f'api.socket-mode must be an octal mode such as "0660", not {mode!r}'
+                    m["socket-mode"],
+                    f'api.socket-mode must be a quoted octal mode such as "0660", not {mode!r}',
                 )
         if "socket-group" in m:
             api = replace(api, socket_group=self.typed(m["socket-group"], str, "api.socket-group"))

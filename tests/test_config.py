@@ -164,3 +164,9 @@ def test_any_text_gives_a_config_or_a_config_error(text: str) -> None:
         loads(text)
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_socket_mode_must_be_quoted_octal() -> None:
+    assert loads('api: {socket-mode: "0640"}\nservices: []').api.socket_mode == 0o640
+    out = errors("api: {socket-mode: 0660}\nservices: []")
+    assert any("quoted octal mode" in e for e in out)
