@@ -18,18 +18,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__, kernel, sdnotify
+from .checkers import CheckResult
 from .config import Config, ServiceConfig, load
 from .health import Health, Transition
 from .ipvs import IpvsClient, IpvsUnavailable
 from .model import DestKey, Service, ServiceKey, mh_table_size
 from .netlink import NetlinkError
-from .prober import Prober, Target
+from .prober import CheckKey, ProbeHook, Prober, Target
 from .reconcile import Outcome, reconcile
 from .state import StateDir, StateError
 from .yamlsource import ConfigError
@@ -70,7 +71,9 @@ class Daemon:
         self.kernel: kernel.KernelInfo | None = None
         self.client: IpvsClient | None = None
         self.state: StateDir | None = None
-        self.prober = Prober(on_transition=self._on_transition)
+        self.prober = Prober(on_transition=self._on_transition, on_probe=self._on_probe)
+        self.probe_hooks: list[ProbeHook] = []  # every probe result (metrics: durations, failures)
+        self.transition_hooks: list[Callable[[Target, Transition, Health], None]] = []
         self.targets: dict[tuple[str, DestKey], Target] = {}
         self.outcome: Outcome | None = None
         self.observed: dict[ServiceKey, Service] = {}
@@ -111,7 +114,13 @@ class Daemon:
 
     def _on_transition(self, target: Target, transition: Transition, health: Health) -> None:
         self.transitions += 1
+        for hook in self.transition_hooks:
+            hook(target, transition, health)
         self._wake.set()
+
+    def _on_probe(self, key: CheckKey, due: float, lag: float, result: CheckResult) -> None:
+        for hook in self.probe_hooks:
+            hook(key, due, lag, result)
 
     def request_reload(self) -> asyncio.Future[ReloadResult]:
         """Ask the main loop to reload; the future resolves with the result (API, mhctl reload)."""
@@ -200,8 +209,41 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
+    def set_disabled(self, service: str, server: str, disabled: bool) -> str:
+        """Drain (or undrain) a server: persisted in the state dir, applied by the next pass (now).
+
+        Returns the server's canonical name; raises LookupError naming what was not found.
+        """
+        assert self.config is not None and self.state is not None
+        svc = self.config.by_name(service)
+        if svc is None:
+            raise LookupError(f"no service named '{service}' in {self.config_path}")
+        found = svc.server(server)
+        if found is None:
+            known = ", ".join(str(s.key) for s in svc.servers)
+            raise LookupError(f"service '{service}' has no server '{server}' (its servers: {known})")
+        name = str(found.key)
+        drained = self.state.disabled()
+        members = drained.setdefault(service, set())
+        if disabled:
+            members.add(name)
+        else:
+            members.discard(name)
+        self.state.set_disabled(drained)
+        log.info(
+            "server %s %s by the operator",
+            name,
+            "disabled" if disabled else "enabled",
+            extra={"MHD_SERVICE": service, "MHD_SERVER": name},
+        )
+        self._wake.set()
+        return name
+
     # --- lifecycle -------------------------------------------------------------------------------
-    async def run(self, on_ready: Callable[[Daemon], Any] | None = None) -> int:
+    async def run(
+        self, on_ready: Callable[[Daemon], Awaitable[Callable[[], Awaitable[None]]]] | None = None
+    ) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop. `on_ready` starts the API and returns its closer."""
         self.kernel = kernel.info()
         config = self._load()
         for warning in kernel.load_modules(config.schedulers()):
@@ -215,6 +257,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         tasks: list[asyncio.Task[Any]] = []
+        closers: list[Callable[[], Awaitable[None]]] = []
         try:
             self.observed = await self.client.services()
             self._adopt(config)
@@ -228,7 +271,7 @@ class Daemon:
                 self.client.writes - writes_before,
             )
             if on_ready is not None:
-                await on_ready(self)
+                closers.append(await on_ready(self))
             await self.prober.start()
             sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
             every = sdnotify.watchdog_interval()
@@ -239,6 +282,8 @@ class Daemon:
             sdnotify.notify("STOPPING=1")
             for task in tasks:
                 task.cancel()
+            for close in closers:
+                await close()
             await self.prober.stop()
             self.client.close()
             self.state.unlock()
