@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Cold apply, incremental apply and daemon memory for 1,000 mh services x 16 servers.
+
+Runs where IPVS is (as root): inside the test VM with
+    tests/vm/run --shell-cmd '.venv/bin/python bench/bench_apply.py'
+Each figure is compared with a reference measured in the same run, because these machines are noisy:
+`ipvsadm -R` of the same rules in a sibling network namespace.
+
+Targets (issue 2): cold apply <= 1.5x ipvsadm -R; incremental <= 1% of the cold apply;
+daemon peak RSS <= 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mhd.config import loads  # noqa: E402
+from mhd.ipvs import IpvsClient  # noqa: E402
+from mhd.reconcile import reconcile  # noqa: E402
+from mhd.state import StateDir  # noqa: E402
+
+
+def sh(*cmd: str, input: str | None = None) -> str:
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, check=True).stdout
+
+
+def netns(name: str) -> str:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    return name
+
+
+def vip(i: int) -> str:
+    return f"10.{50 + i // 250}.{i % 250}.1"
+
+
+def server(i: int, j: int) -> str:
+    return f"10.{100 + j}.{i // 250}.{i % 250 + 1}"
+
+
+def rules(services: int, per: int) -> str:
+    out = []
+    for i in range(services):
+        out.append(f"-A -t {vip(i)}:80 -s mh -b mh-port")
+        out += [f"-a -t {vip(i)}:80 -r {server(i, j)}:80 -m -w 1" for j in range(per)]
+    return "\n".join(out) + "\n"
+
+
+def config(services: int, per: int, bump: int | None = None) -> str:
+    lines = ["reconcile-interval: 60s", "api: {listen: '', socket: ''}", "services:"]
+    for i in range(services):
+        lines += [f"  - name: s{i}", f"    address: {vip(i)}", "    port: 80", "    mh-port: true",
+                  "    check: {type: none}", "    servers:"]  # fmt: skip
+        lines += [f"      - {{address: {server(i, j)}, weight: {2 if (i, j) == (bump, 0) else 1}}}" for j in range(per)]
+    return "\n".join(lines) + "\n"
+
+
+def timed(cmd: list[str], input: str | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, input=input, capture_output=True, text=True, check=True).stdout
+    return time.perf_counter() - start, out
+
+
+def in_process_apply(ns: str, text: str, state: Path) -> dict[str, float]:
+    """The apply's stages, timed inside one process (no interpreter start-up)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    libc.setns(target, 0x40000000)
+    try:
+        t0 = time.perf_counter()
+        cfg = loads(text, "bench.yaml")
+        t1 = time.perf_counter()
+
+        async def go() -> tuple[float, int]:
+            client = await IpvsClient.open()
+            try:
+                s = time.perf_counter()
+                outcome = await reconcile(client, cfg, StateDir(state))
+                assert not outcome.failures, outcome.failures[:3]
+                return time.perf_counter() - s, len(outcome.ops)
+            finally:
+                client.close()
+
+        reconcile_s, ops = asyncio.run(go())
+        return {"load": t1 - t0, "reconcile": reconcile_s, "ops": float(ops)}
+    finally:
+        libc.setns(own, 0x40000000)
+        os.close(own)
+        os.close(target)
+
+
+def daemon_rss(ns: str, cfg: Path, state: Path) -> tuple[float, float]:
+    """(start-up seconds, peak RSS in MB) of mhd on the applied config."""
+    log = cfg.with_suffix(".log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "mhd.daemon", "-c", str(cfg), "--state-dir", str(state)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    start = time.perf_counter()
+    try:
+        while "started" not in log.read_text():
+            if proc.poll() is not None or time.perf_counter() - start > 600:
+                raise SystemExit(f"mhd did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        ready = time.perf_counter() - start
+        time.sleep(2)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        # `ip netns exec` execs the program, so the pid is python's own.
+        hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+        writes = re.search(r"(\d+) netlink writes at start", log.read_text())
+        print(f"daemon: ready in {ready:.1f}s, {writes.group(1) if writes else '?'} netlink writes at start")
+        return ready, hwm
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--servers", type=int, default=16)
+    args = p.parse_args()
+    n, per = args.services, args.servers
+    objects = n * (per + 1)
+    work = Path(tempfile.mkdtemp(prefix="mhd-bench-"))
+    ref, mine = netns("bench-ref"), netns("bench-mhd")
+
+    ref_s, _ = timed(["ip", "netns", "exec", ref, "ipvsadm", "-R"], input=rules(n, per))
+    print(f"ipvsadm -R of {objects} objects: {ref_s:.2f}s")
+
+    cfg = work / "mhd.yaml"
+    cfg.write_text(config(n, per))
+    cold_s, out = timed(["ip", "netns", "exec", mine, sys.executable, "-m", "mhd.ctl", "apply", "-q", str(cfg),
+                         "--state-dir", str(work / "state")])  # fmt: skip
+    print(f"mhctl apply (cold, whole command): {cold_s:.2f}s -> {out.strip()}")
+    same = sorted(sh("ip", "netns", "exec", ref, "ipvsadm", "-Sn").splitlines()) == sorted(
+        sh("ip", "netns", "exec", mine, "ipvsadm", "-Sn").splitlines()
+    )
+    print(f"same rules as ipvsadm -R: {same}")
+
+    # In-process breakdown of a cold apply, in a third namespace.
+    stages = in_process_apply(netns("bench-mhd2"), config(n, per), work / "state2")
+    print(f"in-process cold apply: load {stages['load']:.2f}s + reconcile {stages['reconcile']:.2f}s ({stages['ops']:.0f} ops)")
+
+    cfg.write_text(config(n, per, bump=n // 2))
+    inc_s, out = timed(["ip", "netns", "exec", mine, sys.executable, "-m", "mhd.ctl", "apply", str(cfg),
+                        "--state-dir", str(work / "state")])  # fmt: skip
+    print(f"mhctl apply (one weight changed, whole command): {inc_s:.2f}s -> {out.strip().splitlines()[-1]}")
+    stages_inc = in_process_apply("bench-mhd2", config(n, per, bump=n // 2), work / "state2")
+    print(f"in-process incremental: load {stages_inc['load']:.2f}s + reconcile {stages_inc['reconcile']:.2f}s ({stages_inc['ops']:.0f} ops)")
+
+    _ready, rss = daemon_rss(mine, cfg, work / "state")
+
+    ratio = cold_s / ref_s
+    inc_ratio = inc_s / cold_s
+    results = [
+        ("cold apply / ipvsadm -R", f"{ratio:.2f}x", ratio <= 1.5),
+        ("incremental / cold apply", f"{inc_ratio:.1%}", inc_ratio <= 0.01),
+        ("daemon peak RSS", f"{rss:.0f} MB", rss <= 150),
+        ("same rules as ipvsadm -R", str(same), same),
+    ]
+    for name, value, ok in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
+    for ns in (ref, mine, "bench-mhd2"):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return 0 if all(ok for *_, ok in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
