@@ -24,6 +24,9 @@ import asyncio
 import contextlib
 import errno
 import functools
+import heapq
+import itertools
+import math
 import os
 import random
 import re
@@ -32,8 +35,10 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mhd.checkspec import CheckSpec
 
@@ -69,15 +74,93 @@ async def probe(spec: CheckSpec, address: str, port: int, *, service: str = "") 
 
 
 async def _run(spec: CheckSpec, address: str, port: int, service: str) -> tuple[bool, str]:
+    # Same semantics as asyncio.timeout() (an outside cancel still propagates), but on the shared
+    # `Timers`: at 10,000 probes/s asyncio.timeout() costs ~10% of a TCP check's CPU.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    deadline = timers(loop).call_at(loop.time() + spec.timeout, _expire, task)
     try:
-        async with asyncio.timeout(spec.timeout):
-            return True, await _CHECKERS[spec.type](spec, address, port, service)
-    except TimeoutError:
-        return False, f"timeout after {spec.timeout:g}s"
+        return True, await _CHECKERS[spec.type](spec, address, port, service)
+    except asyncio.CancelledError:
+        if deadline[0] is _EXPIRED and task.uncancel() <= cancelling:
+            return False, f"timeout after {spec.timeout:g}s"
+        raise
     except CheckFailed as e:
         return False, str(e)
     except Exception as e:
         return False, describe_error(e)
+    finally:
+        deadline[0] = None
+
+
+# --- shared timers ----------------------------------------------------------------------------
+
+TICK = 0.001  # seconds: timers due within one tick of each other fire together
+Token = list[Any]  # [callback or None when cancelled / _EXPIRED when fired, argument]
+
+
+def _expire(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+
+
+_EXPIRED = object()
+
+
+class Timers:
+    """``loop.call_at()`` for tens of thousands of timers: one loop timer over a heap of tuples.
+
+    asyncio keeps its timers in a heap of `TimerHandle`s compared by a Python ``__lt__``; at
+    10,000 checks/s (a due time and a deadline each) that heap costs more CPU than the TCP
+    probe. Here comparisons are on floats in C, and the loop is woken at most once per `TICK`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, Token]] = []
+        self._seq = itertools.count()  # ties never compare the tokens
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def call_at(self, when: float, callback: Callable[[Any], None], arg: Any) -> Token:
+        """Schedule ``callback(arg)``; cancel with ``token[0] = None``."""
+        token: Token = [callback, arg]
+        heapq.heappush(self._heap, (when, next(self._seq), token))
+        if when < self._timer_at:
+            self._arm(when)
+        return token
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        # The loop runs a timer when it is due within its clock resolution: trust it.
+        now = max(self._loop.time(), self._timer_at)
+        self._timer, self._timer_at = None, math.inf
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            token = heapq.heappop(heap)[2]
+            callback = token[0]
+            if callback is not None:
+                token[0] = _EXPIRED
+                callback(token[1])
+        if heap:
+            self._arm(max(heap[0][0], now + TICK))
+
+
+_TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timers] = weakref.WeakKeyDictionary()
+
+
+def timers(loop: asyncio.AbstractEventLoop) -> Timers:
+    """The loop's shared `Timers` (probe deadlines and the prober's due times)."""
+    t = _TIMERS.get(loop)
+    if t is None:
+        t = _TIMERS[loop] = Timers(loop)
+    return t
 
 
 def describe_error(e: BaseException) -> str:

@@ -509,3 +509,29 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
 async def test_none_is_always_ok() -> None:
     r = await probe(CheckSpec(type="none"), LO, 1)
     assert (r.ok, r.detail) == (True, "no check")
+
+
+@aio
+async def test_outside_cancel_propagates_and_is_not_a_timeout() -> None:
+    """stop() must be able to cancel a probe; only the probe's own deadline is a failure."""
+    async with tcp_server(tarpit) as port:
+        task = asyncio.ensure_future(probe(CheckSpec(type="http", timeout=5.0), LO, port))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # the shared timers keep serving later probes after a cancelled one
+        r = await probe(CheckSpec(type="http", timeout=0.1), LO, port)
+    assert (r.ok, r.detail) == (False, "timeout after 0.1s")
+
+
+@aio
+async def test_many_concurrent_deadlines_fire_in_order() -> None:
+    async with tcp_server(tarpit) as port:
+        timeouts = [0.05 * (i % 5 + 1) for i in range(50)]
+        results = await asyncio.gather(
+            *(probe(CheckSpec(type="http", timeout=t), LO, port) for t in timeouts)
+        )
+    for t, r in zip(timeouts, results, strict=True):
+        assert r.detail == f"timeout after {t:g}s"
+        assert t <= r.latency < t + 0.1
