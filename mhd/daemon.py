@@ -85,6 +85,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self._reload_requested = False
+        self._pending: set[ServiceKey] = set()
         self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
 
     # --- config ----------------------------------------------------------------------------------
@@ -116,11 +117,18 @@ class Daemon:
         self.transitions += 1
         for hook in self.transition_hooks:
             hook(target, transition, health)
-        self._wake.set()
+        self._touch(target.service)
 
     def _on_probe(self, key: CheckKey, due: float, lag: float, result: CheckResult) -> None:
         for hook in self.probe_hooks:
             hook(key, due, lag, result)
+
+    def _touch(self, service: str) -> None:
+        """Schedule a scoped pass for one service (by name), now."""
+        svc = self.config.by_name(service) if self.config else None
+        if svc is not None:
+            self._pending.add(svc.key)
+        self._wake.set()
 
     def request_reload(self) -> asyncio.Future[ReloadResult]:
         """Ask the main loop to reload; the future resolves with the result (API, mhctl reload)."""
@@ -145,27 +153,45 @@ class Daemon:
                 log.warning(
                     "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
                 )
-            changed = config.sha256 != self.config.sha256
+            changed = changed_services(self.config, config)
             self._adopt(config)
-            log.info("reloaded %s (%s)", self.config_path, "changed" if changed else "unchanged")
+            self._pending |= changed
+            log.info("reloaded %s: %d services changed", self.config_path, len(changed))
             result = ReloadResult(True, time.time(), [], config.sha256)
         self.last_reload = result
         sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
         return result
 
     # --- reconcile -------------------------------------------------------------------------------
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, only: set[ServiceKey] | None = None) -> None:
+        """One pass: whole (`only` None), or scoped to some services; the outcome merges into status."""
         assert self.client is not None and self.config is not None and self.state is not None
+        started = time.monotonic()
         try:
-            outcome = await reconcile(self.client, self.config, self.state, self.healthy)
+            outcome = await reconcile(self.client, self.config, self.state, self.healthy, only=only)
         except (NetlinkError, OSError) as exc:
             log.error("reconcile failed, retrying in %gs: %s", self.config.reconcile_interval, exc)
             return
         self.reconciles += 1
-        self.outcome = outcome
-        self.observed = outcome.observed
+        if only is None or self.outcome is None:
+            self.outcome, self.observed = outcome, dict(outcome.observed)
+        else:
+            for key in only:
+                self.observed.pop(key, None)
+            self.observed.update(outcome.observed)
+            self.outcome.members.update(outcome.members)
+            self.outcome.observed = self.observed
+            self.outcome.ops, self.outcome.failures = outcome.ops, outcome.failures
+        if only is None and outcome.ops and self.reconciles > 1:
+            self.drift_repairs += 1
+            log.warning("repaired drift: %d operations", len(outcome.ops))
         for op in outcome.ops:
             self.op_counts[op.kind] = self.op_counts.get(op.kind, 0) + 1
+        if outcome.ops:
+            scope = "all services" if only is None else f"{len(only)} services"
+            log.info(
+                "reconciled %s: %d operations in %.3fs", scope, len(outcome.ops), time.monotonic() - started
+            )
         for hook in self.hooks:
             hook()
         sdnotify.notify("STATUS=" + self.status_line())
@@ -185,19 +211,32 @@ class Daemon:
         return line
 
     async def main_loop(self) -> None:
+        """Whole passes every reconcile-interval; scoped passes at once after reloads, health
+        transitions and drains. Reload waiters are answered after their changes reached the kernel."""
         assert self.config is not None
+        next_full = time.monotonic() + self.config.reconcile_interval
         while not self._stop.is_set():
+            self._wake.clear()
+            waiters: list[asyncio.Future[ReloadResult]] = []
+            result: ReloadResult | None = None
             if self._reload_requested:
                 self._reload_requested = False
-                result = self._reload()
                 waiters, self._reload_waiters = self._reload_waiters, []
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(result)
-            await self.reconcile_once()
-            self._wake.clear()
+                result = self._reload()
+            if time.monotonic() >= next_full:
+                self._pending.clear()
+                await self.reconcile_once()
+                next_full = time.monotonic() + self.config.reconcile_interval
+            elif self._pending:
+                only, self._pending = self._pending, set()
+                await self.reconcile_once(only)
+            for w in waiters:
+                if result is not None and not w.done():
+                    w.set_result(result)
+            if self._wake.is_set() or self._stop.is_set():
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.reconcile_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
 
     async def _watchdog(self, every: float) -> None:
         """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and systemd restarts us."""
@@ -230,6 +269,7 @@ class Daemon:
         else:
             members.discard(name)
         self.state.set_disabled(drained)
+        self._pending.add(svc.key)
         log.info(
             "server %s %s by the operator",
             name,
@@ -289,6 +329,13 @@ class Daemon:
             self.state.unlock()
         log.info("stopped; IPVS left as it is")
         return 0
+
+
+def changed_services(old: Config, new: Config) -> set[ServiceKey]:
+    """Keys of the services a reload adds, removes or changes: what a scoped pass must look at."""
+    before = {s.key: s for s in old.services}
+    after = {s.key: s for s in new.services}
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
 def find_config(path: str | None) -> str:

@@ -341,6 +341,21 @@ class IpvsClient:
             )
         return out
 
+    async def service(self, key: ServiceKey) -> Service | None:
+        """A fresh read of one service and its destinations; None when the kernel has no such service."""
+        request = nl.nested(CMD_ATTR["SERVICE"], service_id(key))
+        try:
+            replies = await self.sock.dump(self.family, CMD["GET_SERVICE"], request, dump=False)
+            svc = next((s for s in map(decode_service, replies) if s is not None), None)
+            if svc is None:
+                return None
+            dests = await self.dests(key)
+        except nl.NetlinkError as exc:
+            if exc.code == errno.ESRCH:
+                return None
+            raise
+        return Service(svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests, svc.stats)
+
     async def dests(self, key: ServiceKey) -> tuple[Dest, ...]:
         request = nl.nested(CMD_ATTR["SERVICE"], service_id(key))
         replies = await self.sock.dump(self.family, CMD["GET_DEST"], request)

@@ -84,25 +84,39 @@ async def reconcile(
     healthy: HealthView = all_healthy,
     *,
     dry_run: bool = False,
+    only: set[ServiceKey] | None = None,
 ) -> Outcome:
     """Make IPVS match the config (and health) now; return what was seen and done.
+
+    `only` scopes the pass to some services (a reload that changed one, a health transition): they
+    are read fresh from the kernel one by one, so the cost follows the change, not the table size.
+    The periodic pass is always whole and catches drift everywhere else.
 
     Ownership is recorded *before* writing, so a crash half-way still knows which services are mhd's;
     services deleted because they left the config are forgotten only after the kernel confirmed.
     """
-    observed = await client.services()
     desired, members = desired_state(config, healthy, state.disabled())
-    owned = state.owned()
+    all_owned = owned = state.owned()
+    if only is None:
+        observed = await client.services()
+    else:
+        observed = {}
+        for key in only:
+            svc = await client.service(key)
+            if svc is not None:
+                observed[key] = svc
+        desired = {k: v for k, v in desired.items() if k in only}
+        owned = owned & only
     ops = plan(desired, observed, owned)
     foreign = unmanaged(desired, observed, owned)
     if dry_run:
         return Outcome(observed, ops, [], foreign, members)
-    state.set_owned(owned | set(desired))
+    state.set_owned(all_owned | set(desired))
     failures = await client.apply(ops) if ops else []
     failed = {f.op.service.key for f in failures if f.op.kind == "delete-service"}
     gone = {op.service.key for op in ops if op.kind == "delete-service"} - failed
     gone |= (owned - set(desired)) - set(observed)
-    state.set_owned((owned | set(desired)) - gone)
+    state.set_owned((all_owned | set(desired)) - gone)
     log_ops(ops)
     for failure in failures:
         log.error("%s", failure)
