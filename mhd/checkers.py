@@ -2,13 +2,14 @@
 
 Why no aiohttp for HTTP: a health check opens one fresh connection, sends one request and reads
 one status line; aiohttp's session/connector/response machinery costs more than the whole probe.
-Measured on one core against a loopback server (bench/bench_health.py style, HEAD/GET of a tiny
-200 response, fresh connection each time): aiohttp 3.14 ClientSession with
-``TCPConnector(force_close=True)`` managed ~1,000 checks/s; the hand-written HTTP/1.1 client below
-(asyncio streams, ``Connection: close``) ~4,000 checks/s. The client is small because a check
-only needs: the status code, optionally the body (Content-Length, chunked or read-to-close,
-capped at `MAX_BODY`) for a regex, TLS with optional verification, SNI and a client
-certificate. Nothing in it is shared between probes except cached `ssl.SSLContext`s.
+Measured on one core against a loopback server (GET of a tiny 200 answer, fresh connection each
+time, 50 in flight): aiohttp 3.14 (C-accelerated) ``ClientSession`` with
+``TCPConnector(force_close=True)``: 0.22 ms CPU per check (~4,000 checks/s); the hand-written
+HTTP/1.1 client below (asyncio streams, ``Connection: close``): 0.15 ms (~5,400 checks/s).
+Debian 12's aiohttp 3.8.4 is older and not faster. The client is small because a check only
+needs: the status code, optionally the body (Content-Length, chunked or read-to-close, capped
+at `MAX_BODY`) for a regex, TLS with optional verification, SNI and a client certificate.
+Nothing is shared between probes except cached `ssl.SSLContext`s.
 
 Connections are closed with an RST (SO_LINGER 0) once the answer is in, as HAProxy does for its
 checks: the checker then keeps no TIME_WAIT sockets, which at 10,000 checks/s would otherwise
