@@ -173,6 +173,7 @@ class Daemon:
             log.error("reconcile failed, retrying in %gs: %s", self.config.reconcile_interval, exc)
             return
         self.reconciles += 1
+        self._log_panics(outcome)
         if only is None or self.outcome is None:
             self.outcome, self.observed = outcome, dict(outcome.observed)
         else:
@@ -195,6 +196,22 @@ class Daemon:
         for hook in self.hooks:
             hook()
         sdnotify.notify("STATUS=" + self.status_line())
+
+    def _log_panics(self, outcome: Outcome) -> None:
+        """Entering and leaving panic is logged once each, with the counts that decided it."""
+        before = self.outcome.members if self.outcome is not None else {}
+        for name, m in outcome.members.items():
+            was = before.get(name)
+            if m.panic and not (was and was.panic):
+                svc = self.config.by_name(name) if self.config else None
+                need = svc.min_healthy if svc else "?"
+                log.warning(
+                    "service %s: panic: %d of %d servers healthy, below min-healthy %s; keeping all %d in IPVS",
+                    name, m.healthy, m.enabled, need, m.enabled, extra={"MHD_SERVICE": name},
+                )  # fmt: skip
+            elif was and was.panic and not m.panic:
+                log.warning("service %s: out of panic: %d of %d servers healthy", name, m.healthy, m.enabled,
+                            extra={"MHD_SERVICE": name})  # fmt: skip
 
     def status_line(self) -> str:
         if self.config is None or self.outcome is None:
