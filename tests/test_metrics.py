@@ -1,0 +1,220 @@
+"""/metrics: the collector reads the daemon at scrape time; the text parses with prometheus_client."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mhd.checkers import CheckResult
+from mhd.config import load
+from mhd.daemon import Daemon, ReloadResult
+from mhd.health import Health
+from mhd.kernel import KernelInfo
+from mhd.metrics import Metrics
+from mhd.model import Dest, DestKey, Service, Stats, parse_ip
+from mhd.prober import check_key
+from mhd.reconcile import Outcome, desired_state
+from mhd.state import StateDir
+
+# A small copy of test_api's world: tests/ is not a package, so no cross-imports.
+CONFIG = """
+api: {listen: '', socket: ''}
+defaults:
+  check: {type: tcp, interval: 2s, timeout: 1s}
+services:
+  - {name: web, address: 203.0.113.15, port: 80, servers: ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]}
+  - {name: dns, address: 203.0.113.53, port: 53, protocol: udp, servers: ["10.0.1.1:53", "10.0.1.2:53"]}
+  - name: v6
+    address: 2001:db8::80
+    port: 443
+    min-healthy: 2
+    servers: ["[2001:db8:1::1]:443", {address: "2001:db8:1::2", port: 443, weight: 3}]
+"""
+DOWN = {("dns", "10.0.1.2:53"), ("v6", "[2001:db8:1::2]:443")}
+
+
+def key(text: str) -> DestKey:
+    host, _, port = text.rpartition(":")
+    return DestKey(parse_ip(host.strip("[]")), int(port))
+
+
+def set_health(d: Daemon, service: str, server: str, state: str, transitions: int = 0) -> None:
+    target = d.targets[(service, key(server))]
+    last = CheckResult(state == "up", 0.002, "ok" if state == "up" else "refused", time.time())
+    d.prober._where[target].slots[target].health = Health(state, 0, 0, transitions, last)  # type: ignore[arg-type]
+
+
+def refresh(d: Daemon) -> None:
+    """The observed kernel after a pass: desired membership, 10.0.0.1 with traffic counters."""
+    assert d.config is not None and d.state is not None
+    desired, members = desired_state(d.config, d.healthy, d.state.disabled())
+    stats = Stats(active_conns=7, inactive_conns=3, conns=42, in_packets=10, out_packets=9, in_bytes=5)
+    observed = {
+        k: Service(
+            k,
+            want.service.scheduler,
+            want.service.flags,
+            dests=tuple(
+                Dest(x.key, x.weight, stats=stats if str(x.key) == "10.0.0.1:80" else Stats())
+                for x in want.service.dests
+            ),
+        )
+        for k, want in desired.items()
+    }
+    d.observed = observed
+    d.outcome = Outcome(observed, [], [], [], members)
+
+
+def make_daemon(tmp_path: Path, text: str = CONFIG) -> Daemon:
+    path = tmp_path / "mhd.yaml"
+    path.write_text(text)
+    d = Daemon(str(path), str(tmp_path / "state"))
+    d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
+    d.state = StateDir(tmp_path / "state")
+    d._adopt(load(path))
+    d.last_reload = ReloadResult(True, time.time(), [], "x")
+    for service, server in d.targets:
+        set_health(d, service, str(server), "down" if (service, str(server)) in DOWN else "up")
+    refresh(d)
+    return d
+
+
+def scrape(metrics: Metrics) -> dict[str, list[Any]]:
+    """name -> samples, parsed back by prometheus_client's own parser."""
+    text = metrics.render().decode()
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def value(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
+    found = [s.value for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (name, labels, samples.get(name))
+    return float(found[0])
+
+
+def test_server_and_service_gauges(tmp_path: Path) -> None:
+    s = scrape(Metrics(make_daemon(tmp_path)))
+    assert value(s, "mhd_server_up", service="web", remote_address="10.0.0.1", remote_port="80") == 1
+    assert value(s, "mhd_server_up", service="dns", remote_address="10.0.1.2") == 0
+    assert value(s, "mhd_server_in_kernel", service="dns", remote_address="10.0.1.2") == 0
+    assert value(s, "mhd_server_in_kernel", service="v6", remote_address="2001:db8:1::2") == 1  # panic
+    assert value(s, "mhd_service_panic", service="v6") == 1
+    assert value(s, "mhd_service_panic", service="web") == 0
+    assert value(s, "mhd_service_state", service="dns", state="degraded") == 1
+    assert value(s, "mhd_service_state", service="dns", state="ok") == 0
+    assert value(s, "mhd_build_info") == 1
+
+
+def test_kernel_counters_use_node_exporter_labels(tmp_path: Path) -> None:
+    s = scrape(Metrics(make_daemon(tmp_path)))
+    labels = {
+        "local_address": "203.0.113.15",
+        "local_port": "80",
+        "remote_address": "10.0.0.1",
+        "remote_port": "80",
+        "proto": "TCP",
+        "service": "web",
+    }
+    assert value(s, "mhd_ipvs_backend_connections_active", **labels) == 7
+    assert value(s, "mhd_ipvs_backend_connections_inactive", **labels) == 3
+    assert value(s, "mhd_ipvs_backend_connections_total", **labels) == 42
+    assert value(s, "mhd_ipvs_backend_packets_total", direction="out", **labels) == 9
+    assert value(s, "mhd_ipvs_backend_weight", **labels) == 1
+    assert value(s, "mhd_ipvs_backend_weight", remote_address="2001:db8:1::2") == 3
+    assert value(s, "mhd_ipvs_backend_weight", service="dns", remote_address="10.0.1.1", proto="UDP") == 1
+    assert not [x for x in s["mhd_ipvs_backend_weight"] if x.labels["remote_address"] == "10.0.1.2"]
+
+
+def test_state_is_read_at_scrape_time(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    metrics = Metrics(d)
+    set_health(d, "web", "10.0.0.3:80", "down", transitions=1)
+    refresh(d)
+    s = scrape(metrics)
+    assert value(s, "mhd_server_up", service="web", remote_address="10.0.0.3") == 0
+    assert value(s, "mhd_server_transitions_total", service="web", remote_address="10.0.0.3") == 1
+    assert value(s, "mhd_service_state", service="web", state="degraded") == 1
+    d.set_disabled("web", "10.0.0.3", True)
+    assert value(scrape(metrics), "mhd_server_disabled", service="web", remote_address="10.0.0.3") == 1
+    assert d.config is not None
+    d._adopt(dataclasses.replace(d.config, services=d.config.services[:1]))  # web only
+    s = scrape(metrics)
+    assert {x.labels["service"] for x in s["mhd_server_up"]} == {"web"}
+
+
+def test_probe_histograms_and_failures(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    metrics = Metrics(d)
+    metrics.install()
+    target = d.targets[("web", key("10.0.0.1:80"))]
+    for i in range(4):
+        result = CheckResult(i != 3, 0.003, "ok", time.time())
+        for hook in d.probe_hooks:
+            hook(check_key(target), 0.0, 0.0004, result)
+    s = scrape(metrics)
+    assert value(s, "mhd_check_duration_seconds_count", check="tcp") == 4
+    assert value(s, "mhd_check_duration_seconds_bucket", check="tcp", le="0.005") == 4
+    assert value(s, "mhd_check_duration_seconds_bucket", check="tcp", le="0.0025") == 0
+    assert value(s, "mhd_check_lag_seconds_count") == 4
+    assert value(s, "mhd_probe_failures_total", check="tcp") == 1
+    metrics.uninstall()
+    assert d.probe_hooks == [] and d.hooks == []
+
+
+def test_per_server_probe_counters_come_from_the_prober(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    target = d.targets[("dns", key("10.0.1.2:53"))]
+    counters = d.prober.counters(target)
+    counters.probes, counters.failures = 10, 4
+    s = scrape(Metrics(d))
+    assert value(s, "mhd_checks_total", service="dns", remote_address="10.0.1.2") == 10
+    assert value(s, "mhd_check_failures_total", service="dns", remote_address="10.0.1.2") == 4
+
+
+def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    metrics = Metrics(d)
+    metrics.install()
+    d.reconciles, d.drift_repairs, d.transitions = 12, 2, 5
+    d.op_counts = {"add-dest": 3, "delete-dest": 1}
+    d.last_reload = ReloadResult(False, time.time(), ["t.yaml:1:1: bad"])
+    for hook in d.hooks:
+        hook()
+    s = scrape(metrics)
+    s = scrape(metrics)  # the same reload seen twice counts once
+    assert value(s, "mhd_reconciles_total") == 12
+    assert value(s, "mhd_drift_repairs_total") == 2
+    assert value(s, "mhd_health_transitions_total") == 5
+    assert value(s, "mhd_reconcile_operations_total", kind="add-dest") == 3
+    assert value(s, "mhd_reloads_total", result="error") == 1
+    assert value(s, "mhd_reloads_total", result="ok") == 0
+    assert value(s, "mhd_config_last_reload_successful") == 0
+    assert time.time() - value(s, "mhd_last_reconcile_timestamp_seconds") < 5
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mhd.maglev") is None, reason="no Maglev model")
+def test_slot_shares_from_the_maglev_model(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    d = make_daemon(tmp_path)
+    metrics = Metrics(d)
+    s = scrape(metrics)
+    web = [x.value for x in s["mhd_server_slot_share"] if x.labels["service"] == "web"]
+    assert len(web) == 3 and math.isclose(sum(web), 1.0) and all(0.25 < x < 0.42 for x in web)
+    v6 = {
+        x.labels["remote_address"]: x.value for x in s["mhd_server_slot_share"] if x.labels["service"] == "v6"
+    }
+    assert v6["2001:db8:1::2"] > 2 * v6["2001:db8:1::1"]  # weight 3 against 1
+    assert not [x for x in s["mhd_server_slot_share"] if x.labels["remote_address"] == "10.0.1.2"]
+    started = time.perf_counter()
+    scrape(metrics)  # cached: no table is rebuilt while the kernel's lists are unchanged
+    assert time.perf_counter() - started < 0.5
