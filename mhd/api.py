@@ -1,0 +1,553 @@
+"""The REST API and the Prometheus endpoint, served by aiohttp inside the daemon's loop.
+
+Two listeners, one per trust level, each its own `web.Application` so a handler never has to guess
+where a request came from:
+
+- the unix socket (`api.socket`, default /run/mhd/mhd.sock): access is the socket file's mode and
+  group, so every request is allowed, the mutating ones (POST) included; this is what mhctl uses;
+- TCP (`api.listen`, default 127.0.0.1:9180): reads for everyone (status, /metrics for Prometheus);
+  a POST needs `Authorization: Bearer <token>` matching `api.token-file`, and is refused outright
+  when no token file is configured, because any local user (or anything a proxy forwards) can reach
+  a TCP port.
+
+Every error is a JSON `{"error": "..."}` with a 4xx status saying what to fix; an unexpected exception
+becomes a logged 500 with the same shape. Bodies are capped at `MAX_BODY`: no endpoint needs one.
+
+The OpenAPI document (`openapi()`) is the contract: served at /v1/openapi.json, committed as
+docs/openapi.json (`python -m mhd.api > docs/openapi.json`), and tests check every route against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import __version__
+from .config import parse_listen
+from .metrics import Metrics
+from .status import find_service, status
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("mhd.api")
+
+MAX_BODY = 64 * 1024  # bytes: no endpoint takes a body, this only bounds what a client can make us read
+RELOAD_TIMEOUT = 60.0  # seconds a POST /v1/reload waits for the main loop to finish the reload
+MIN_STALE = 30.0  # seconds: /healthz fails when no pass completed for max(3 intervals, this)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Closer = Callable[[], Awaitable[None]]
+
+
+class ApiError(Exception):
+    """An error for the client: becomes `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response({"error": message}, status, headers)
+
+
+def describe_peer(request: web.Request) -> str:
+    """Who sent a request, for the log: the uid/pid of a unix-socket peer, else the address."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return f"unix socket (uid {uid}, pid {pid})"
+        except OSError:
+            return "unix socket"
+    return str(request.remote)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bound the body, and turn every failure into a JSON error (never an HTML page or a traceback)."""
+    try:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise ApiError(413, f"request body too large: {request.content_length} bytes, limit {MAX_BODY}")
+        if request.can_read_body:
+            await request.read()  # enforces client_max_size for chunked bodies too
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, _http_message(exc), _kept_headers(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("API %s %s failed", request.method, request.path)
+        return error_response(500, "internal error, see the daemon's log")
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    """aiohttp's own text when it says something specific (413 sizes), else the reason phrase."""
+    text = exc.text or ""
+    if exc.status == 404:
+        return "no such endpoint; see /v1/openapi.json"
+    return text if text and not text.startswith(f"{exc.status}:") else exc.reason
+
+
+def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+
+
+class Api:
+    """The handlers of one listener; `trusted` is True for the unix socket."""
+
+    def __init__(self, daemon: Daemon, metrics: Metrics, *, trusted: bool) -> None:
+        self.daemon = daemon
+        self.metrics = metrics
+        self.trusted = trusted
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+        app.router.add_get("/v1/status", self.get_status)
+        app.router.add_get("/v1/services/{name}", self.get_service)
+        app.router.add_post("/v1/reload", self.post_reload)
+        app.router.add_post("/v1/services/{name}/servers/{server}/disable", self.post_disable)
+        app.router.add_post("/v1/services/{name}/servers/{server}/enable", self.post_enable)
+        app.router.add_get("/v1/openapi.json", self.get_openapi)
+        app.router.add_get("/healthz", self.get_healthz)
+        app.router.add_get("/metrics", self.get_metrics)
+        return app
+
+    # --- reads -----------------------------------------------------------------------------------
+    async def get_status(self, request: web.Request) -> web.StreamResponse:
+        return json_response(status(self.daemon))
+
+    async def get_service(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        doc = find_service(self.daemon, name)
+        if doc is None:
+            raise ApiError(404, f"no service named '{name}' in {self.daemon.config_path}")
+        return json_response(doc)
+
+    async def get_openapi(self, request: web.Request) -> web.StreamResponse:
+        return json_response(openapi())
+
+    async def get_healthz(self, request: web.Request) -> web.StreamResponse:
+        """200 while reconcile passes complete; 503 when the loop is stuck or the kernel refuses dumps."""
+        interval = self.daemon.config.reconcile_interval if self.daemon.config else 10.0
+        limit = max(3 * interval, MIN_STALE)
+        age = time.monotonic() - self.metrics.last_reconcile
+        ok = age <= limit
+        body: dict[str, Any] = {"ok": ok, "last_reconcile_age": round(age, 3), "limit": limit}
+        if not ok:
+            body["error"] = f"no reconcile pass completed for {age:.0f}s (limit {limit:g}s): see the log"
+        return json_response(body, 200 if ok else 503)
+
+    async def get_metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # --- writes ----------------------------------------------------------------------------------
+    def authorize(self, request: web.Request) -> None:
+        """Let a POST through: always on the unix socket, with the configured bearer token over TCP."""
+        if self.trusted:
+            return
+        api = self.daemon.config.api if self.daemon.config else None
+        socket_hint = f"or use the unix socket {api.socket}" if api and api.socket else ""
+        if api is None or not api.token_file:
+            raise ApiError(
+                403,
+                "changes over TCP need a bearer token: set api.token-file in "
+                f"{self.daemon.config_path} and send 'Authorization: Bearer <token>' {socket_hint}".rstrip(),
+            )
+        token = read_token(api.token_file)
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(
+                401, "missing 'Authorization: Bearer <token>'", {"WWW-Authenticate": 'Bearer realm="mhd"'}
+            )
+        if not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise ApiError(401, "wrong bearer token", {"WWW-Authenticate": 'Bearer realm="mhd"'})
+
+    async def post_reload(self, request: web.Request) -> web.StreamResponse:
+        self.authorize(request)
+        log.info("reload requested through the API by %s", describe_peer(request))
+        future = self.daemon.request_reload()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), RELOAD_TIMEOUT)
+        except TimeoutError:
+            raise ApiError(
+                504, f"the reload did not finish within {RELOAD_TIMEOUT:g}s; it is still queued"
+            ) from None
+        self.metrics.note_reload()
+        if result.ok:
+            return json_response(result.to_json())
+        first = result.errors[0] if result.errors else "?"
+        message = f"{self.daemon.config_path} is invalid, the running config is kept: {first}"
+        return json_response({"error": message, **result.to_json()}, 422)
+
+    async def post_disable(self, request: web.Request) -> web.StreamResponse:
+        return self._set_disabled(request, True)
+
+    async def post_enable(self, request: web.Request) -> web.StreamResponse:
+        return self._set_disabled(request, False)
+
+    def _set_disabled(self, request: web.Request, disabled: bool) -> web.StreamResponse:
+        self.authorize(request)
+        service, server = request.match_info["name"], request.match_info["server"]
+        try:
+            name = self.daemon.set_disabled(service, server, disabled)
+        except LookupError as exc:
+            raise ApiError(404, str(exc.args[0]) if exc.args else str(exc)) from None
+        log.info(
+            "%s %s %s through the API by %s",
+            service, name, "disabled" if disabled else "enabled", describe_peer(request),
+        )  # fmt: skip
+        return json_response({"service": service, "server": name, "disabled": disabled})
+
+
+def read_token(path: str) -> str:
+    """The bearer token (first line of the file); ApiError 403 when it cannot be used."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        log.error("cannot read api.token-file %s: %s", path, exc.strerror)
+        raise ApiError(403, f"the daemon cannot read its token file {path}: {exc.strerror}") from None
+    if not token:
+        raise ApiError(403, f"the token file {path} is empty: put a token in it (e.g. openssl rand -hex 32)")
+    return token
+
+
+# --- listening ---------------------------------------------------------------------------------------
+
+
+def unix_listener(path: str, mode: int, group: str | None) -> socket.socket:
+    """A listening unix socket at `path`, with its mode and group set before anyone can connect.
+
+    The socket is bound under a temporary name, chmod/chown'ed, then renamed over `path`, so there is
+    no window with default permissions and a stale file from a crash is replaced atomically. A path
+    where another process still accepts connections is left alone.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    check_stale(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(tmp))
+        os.chmod(tmp, mode)
+        if group:
+            shutil.chown(tmp, group=group)
+        os.replace(tmp, target)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def check_stale(path: Path) -> None:
+    """Raise when `path` is not a socket, or is one a live process serves; otherwise it may go."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket: remove it or set api.socket elsewhere")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        return  # nobody listens: a stale socket from a previous run
+    finally:
+        probe.close()
+    raise OSError(f"{path} is in use by another process (another mhd?): stop it or set api.socket")
+
+
+async def start(daemon: Daemon) -> Closer:
+    """Serve the API on the configured TCP address and unix socket; returns the closer.
+
+    A listener that cannot be opened is logged and skipped: the daemon's job is IPVS and health, and
+    an occupied port must not stop it from doing that job.
+    """
+    assert daemon.config is not None
+    api = daemon.config.api
+    metrics = Metrics(daemon)
+    metrics.install()
+    runners: list[web.AppRunner] = []
+    socket_path: Path | None = None
+    if api.listen:
+        host, port = parse_listen(api.listen)
+        runner = await _serve(Api(daemon, metrics, trusted=False).app())
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            log.info("API listening on http://%s (reads; POST needs a token)", api.listen)
+            runners.append(runner)
+        except OSError as exc:
+            log.error("API: cannot listen on %s (api.listen): %s", api.listen, exc.strerror or exc)
+            await runner.cleanup()
+    if api.socket:
+        runner = await _serve(Api(daemon, metrics, trusted=True).app())
+        try:
+            sock = unix_listener(api.socket, api.socket_mode, api.socket_group)
+            await web.SockSite(runner, sock).start()
+            socket_path = Path(api.socket)
+            log.info("API listening on %s (mode %o)", api.socket, api.socket_mode)
+            runners.append(runner)
+        except (OSError, LookupError) as exc:  # LookupError: unknown socket-group
+            log.error("API: cannot serve on %s (api.socket): %s", api.socket, exc)
+            await runner.cleanup()
+
+    async def close() -> None:
+        metrics.uninstall()
+        for runner in runners:
+            await runner.cleanup()
+        if socket_path is not None:
+            with contextlib.suppress(OSError):
+                socket_path.unlink()
+
+    return close
+
+
+async def _serve(app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)  # Prometheus scrapes would flood the log
+    await runner.setup()
+    return runner
+
+
+# --- the contract --------------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required or list(props)}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+ERROR = _json("error", "Error")
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "service name"}
+SERVER_PARAM = {
+    "name": "server",
+    "in": "path",
+    "required": True,
+    "schema": STR,
+    "description": "server as 10.0.0.1:80, 10.0.0.1 (when unique) or [2001:db8::1]:80, URL-encoded",
+}
+
+
+def _schemas() -> dict[str, Any]:
+    stats = _obj({k: INT for k in (
+        "active_conns", "inactive_conns", "persist_conns", "conns",
+        "in_packets", "out_packets", "in_bytes", "out_bytes",
+    )})  # fmt: skip
+    reload = _obj({"ok": BOOL, "at": NUM, "errors": {"type": "array", "items": STR}, "sha256": STR})
+    return {
+        "Error": _obj({"error": STR}),
+        "Stats": stats,
+        "CheckResult": _obj({"at": NUM, "ok": BOOL, "latency": NUM, "detail": STR}),
+        "ReloadResult": reload,
+        "ReloadFailed": {"allOf": [reload, _obj({"error": STR})]},
+        "Server": _obj(
+            {
+                "name": STR,
+                "address": STR,
+                "port": INT,
+                "weight": INT,
+                "check": STR,
+                "health": {"type": "string", "enum": ["up", "down", "unknown"]},
+                "in_kernel": BOOL,
+                "disabled": BOOL,
+                "last_check": _nullable(_ref("CheckResult")),
+                "successes": INT,
+                "failures": INT,
+                "transitions": INT,
+                "kernel_weight": _nullable(INT),
+                "stats": _nullable(_ref("Stats")),
+            }
+        ),
+        "Service": _obj(
+            {
+                "name": STR,
+                "virtual": STR,
+                "address": _nullable(STR),
+                "port": INT,
+                "fwmark": INT,
+                "family": {"type": "string", "enum": ["ipv4", "ipv6"]},
+                "protocol": _nullable(STR),
+                "scheduler": STR,
+                "flags": {"type": "array", "items": STR},
+                "state": {
+                    "type": "string",
+                    "enum": ["ok", "degraded", "panic", "down"],
+                    "description": "down: no server in IPVS; panic: min-healthy keeps unhealthy servers; "
+                    "degraded: an enabled server is not up or not in IPVS; ok: all enabled servers serve",
+                },
+                "panic": BOOL,
+                "min_healthy": STR,
+                "in_kernel": BOOL,
+                "servers_total": INT,
+                "servers_up": INT,
+                "servers_in_kernel": INT,
+                "stats": _nullable(_ref("Stats")),
+                "servers": {"type": "array", "items": _ref("Server")},
+            }
+        ),
+        "Daemon": _obj(
+            {
+                "version": STR,
+                "pid": INT,
+                "config": _obj({"path": STR, "sha256": _nullable(STR), "loaded_at": _nullable(NUM)}),
+                "last_reload": _nullable(_ref("ReloadResult")),
+                "kernel": _nullable({"type": "object", "description": "ip_vs_mh variant, MH table size"}),
+                "reconciles": INT,
+                "transitions": INT,
+                "summary": STR,
+            }
+        ),
+        "Status": _obj({"daemon": _ref("Daemon"), "services": {"type": "array", "items": _ref("Service")}}),
+        "Health": _obj({"ok": BOOL, "last_reconcile_age": NUM, "limit": NUM}, ["ok"]),
+        "Drain": _obj({"service": STR, "server": STR, "disabled": BOOL}),
+    }
+
+
+def _drain(verb: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": f"{verb} a server (persisted in the state dir; applied by the next pass, at once)",
+            "operationId": f"{verb}Server",
+            "parameters": [NAME_PARAM, SERVER_PARAM],
+            "security": [{}, {"bearer": []}],
+            "responses": {
+                "200": _json(f"{verb}d", "Drain"),
+                "401": ERROR,
+                "403": ERROR,
+                "404": _json("no such service or server", "Error"),
+                "413": ERROR,
+            },
+        }
+    }
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3 description of every route."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "mhd",
+            "version": __version__,
+            "description": "IPVS/Maglev control-plane daemon. POST requests are allowed on the unix "
+            "socket; over TCP they need 'Authorization: Bearer <token>' (api.token-file).",
+        },
+        "paths": {
+            "/v1/status": {
+                "get": {
+                    "summary": "the daemon, every service and every server",
+                    "operationId": "getStatus",
+                    "responses": {"200": _json("status", "Status")},
+                }
+            },
+            "/v1/services/{name}": {
+                "get": {
+                    "summary": "one service",
+                    "operationId": "getService",
+                    "parameters": [NAME_PARAM],
+                    "responses": {"200": _json("the service", "Service"), "404": ERROR},
+                }
+            },
+            "/v1/reload": {
+                "post": {
+                    "summary": "re-read the config file and wait for the result",
+                    "operationId": "reload",
+                    "security": [{}, {"bearer": []}],
+                    "responses": {
+                        "200": _json("reloaded", "ReloadResult"),
+                        "401": ERROR,
+                        "403": ERROR,
+                        "413": ERROR,
+                        "422": _json("the file is invalid; the running config is kept", "ReloadFailed"),
+                        "504": ERROR,
+                    },
+                }
+            },
+            "/v1/services/{name}/servers/{server}/disable": _drain("disable"),
+            "/v1/services/{name}/servers/{server}/enable": _drain("enable"),
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "operationId": "getOpenapi",
+                    "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {}}}},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "200 while reconcile passes complete, 503 when none did recently",
+                    "operationId": "getHealthz",
+                    "responses": {"200": _json("healthy", "Health"), "503": _json("stale", "Health")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "getMetrics",
+                    "responses": {
+                        "200": {"description": "text exposition format", "content": {"text/plain": {}}}
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def main() -> None:
+    """`python -m mhd.api`: print the OpenAPI document (docs/openapi.json is this output)."""
+    json.dump(openapi(), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""The REST API against a Daemon whose state is filled in by hand: no IPVS, no probes, no root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, UnixConnector, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from mhd import api as api_module
+from mhd.api import MAX_BODY, Api, openapi, start
+from mhd.checkers import CheckResult
+from mhd.config import load
+from mhd.daemon import Daemon, ReloadResult
+from mhd.health import Health
+from mhd.kernel import KernelInfo
+from mhd.metrics import Metrics
+from mhd.model import DestKey, Service, Stats, parse_ip
+from mhd.reconcile import Outcome, desired_state
+from mhd.state import StateDir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# web: all up (ok); dns: one server down and out (degraded); v6: min-healthy 2 with one down (panic);
+# empty: not in the kernel at all (down).
+CONFIG = """
+reconcile-interval: 1s
+api: {listen: '', socket: ''}
+defaults:
+  check: {type: tcp, interval: 2s, timeout: 1s}
+services:
+  - {name: web, address: 203.0.113.15, port: 80, mh-port: true, servers: ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]}
+  - {name: dns, address: 203.0.113.53, port: 53, protocol: udp, servers: ["10.0.1.1:53", "10.0.1.2:53"]}
+  - name: v6
+    address: 2001:db8::80
+    port: 443
+    min-healthy: 2
+    servers: ["[2001:db8:1::1]:443", "[2001:db8:1::2]:443"]
+  - {name: empty, address: 203.0.113.99, port: 80, servers: ["10.0.9.1:80"]}
+"""
+DOWN = {("dns", "10.0.1.2:53"), ("v6", "[2001:db8:1::2]:443"), ("empty", "10.0.9.1:80")}
+WEB1_STATS = Stats(active_conns=5, inactive_conns=2, conns=100, in_packets=1000, out_packets=900)
+
+
+def key(text: str) -> DestKey:
+    host, _, port = text.rpartition(":")
+    return DestKey(parse_ip(host.strip("[]")), int(port))
+
+
+def set_health(d: Daemon, service: str, server: str, health: Health) -> None:
+    target = d.targets[(service, key(server))]
+    d.prober._where[target].slots[target].health = health
+
+
+def refresh(d: Daemon) -> None:
+    """What a reconcile pass would leave behind, computed from health and drains, without a kernel."""
+    assert d.config is not None and d.state is not None
+    desired, members = desired_state(d.config, d.healthy, d.state.disabled())
+    observed: dict[Any, Service] = {}
+    for k, want in desired.items():
+        if want.name == "empty":
+            continue
+        dests = tuple(
+            dest if dest.key != key("10.0.0.1:80") else type(dest)(dest.key, dest.weight, stats=WEB1_STATS)
+            for dest in want.service.dests
+        )
+        observed[k] = Service(k, want.service.scheduler, want.service.flags, 0, 0, dests)
+    d.observed = observed
+    d.outcome = Outcome(observed, [], [], [], members)
+
+
+def make_daemon(tmp_path: Path, text: str = CONFIG) -> Daemon:
+    path = tmp_path / "mhd.yaml"
+    path.write_text(text)
+    d = Daemon(str(path), str(tmp_path / "state"))
+    d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
+    d.state = StateDir(tmp_path / "state")
+    d._adopt(load(path))
+    d.last_reload = ReloadResult(True, time.time(), [], d.config.sha256 if d.config else "")
+    now = time.time()
+    for service, server in d.targets:
+        if (service, str(server)) in DOWN:
+            failed = CheckResult(False, 1.0, "timeout after 1s", now)
+            set_health(d, service, str(server), Health("down", 0, 3, 1, failed))
+        else:
+            set_health(d, service, str(server), Health("up", 5, 0, 0, CheckResult(True, 0.0012, "ok", now)))
+    refresh(d)
+    return d
+
+
+def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        async def bounded() -> None:
+            async with asyncio.timeout(20):
+                await fn(*args, **kwargs)
+
+        asyncio.run(bounded())
+
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def served(d: Daemon, *, trusted: bool) -> AsyncIterator[TestClient[Any, Any]]:
+    """The app of one listener (unix socket: trusted) behind aiohttp's test server."""
+    metrics = Metrics(d)
+    async with TestClient(TestServer(Api(d, metrics, trusted=trusted).app())) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def main_loop(d: Daemon, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """The daemon's real main loop (reloads included), with the kernel pass replaced by `refresh`."""
+
+    async def reconcile_once(only: set[Any] | None = None) -> None:
+        refresh(d)
+        d.reconciles += 1
+        for hook in d.hooks:
+            hook()
+
+    monkeypatch.setattr(d, "reconcile_once", reconcile_once)
+    task = asyncio.create_task(d.main_loop())
+    try:
+        yield
+    finally:
+        d.stop()
+        await task
+
+
+async def get_json(client: TestClient[Any, Any], path: str, status: int = 200) -> Any:
+    response = await client.get(path)
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    return await response.json()
+
+
+async def post_json(client: TestClient[Any, Any], path: str, status: int = 200, **kwargs: Any) -> Any:
+    response = await client.post(path, **kwargs)
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    return await response.json()
+
+
+# --- status ------------------------------------------------------------------------------------------
+
+
+@aio
+async def test_status_reports_daemon_services_and_servers(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=False) as client:
+        doc = await get_json(client, "/v1/status")
+    daemon = doc["daemon"]
+    assert daemon["config"]["path"] == str(tmp_path / "mhd.yaml")
+    assert daemon["config"]["sha256"] == d.config.sha256 if d.config else False
+    assert daemon["last_reload"]["ok"] is True
+    assert daemon["kernel"]["ip_vs_mh"] == "intree" and daemon["kernel"]["mh_table_size"] == 4093
+    states = {s["name"]: s["state"] for s in doc["services"]}
+    assert states == {"web": "ok", "dns": "degraded", "v6": "panic", "empty": "down"}
+    web_svc = doc["services"][0]
+    assert web_svc["virtual"] == "tcp:203.0.113.15:80" and web_svc["protocol"] == "tcp"
+    assert web_svc["scheduler"] == "mh" and "mh-port" in web_svc["flags"]
+    first = web_svc["servers"][0]
+    assert first["name"] == "10.0.0.1:80" and first["health"] == "up" and first["in_kernel"] is True
+    assert first["stats"]["active_conns"] == 5 and first["stats"]["conns"] == 100
+    assert first["last_check"]["ok"] is True and first["successes"] == 5
+    dns = doc["services"][1]
+    down = dns["servers"][1]
+    assert (down["health"], down["in_kernel"], down["failures"], down["transitions"]) == ("down", False, 3, 1)
+    assert down["last_check"]["detail"] == "timeout after 1s" and down["stats"] is None
+    v6 = doc["services"][2]
+    assert v6["panic"] is True and v6["servers_in_kernel"] == 2 and v6["servers_up"] == 1
+    assert v6["servers"][1]["name"] == "[2001:db8:1::2]:443"
+
+
+@aio
+async def test_one_service_and_unknown_service(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=False) as client:
+        doc = await get_json(client, "/v1/services/dns")
+        assert doc["name"] == "dns" and doc["protocol"] == "udp"
+        err = await get_json(client, "/v1/services/nope", 404)
+    assert "no service named 'nope'" in err["error"]
+
+
+# --- disable / enable ----------------------------------------------------------------------------------
+
+
+@aio
+async def test_disable_and_enable_persist_in_the_state_dir(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=True) as client:
+        doc = await post_json(client, "/v1/services/web/servers/10.0.0.2:80/disable")
+        assert doc == {"service": "web", "server": "10.0.0.2:80", "disabled": True}
+        assert StateDir(tmp_path / "state").disabled() == {"web": {"10.0.0.2:80"}}
+        refresh(d)
+        web_svc = await get_json(client, "/v1/services/web")
+        assert web_svc["state"] == "ok"  # a drained server does not degrade the service
+        server = web_svc["servers"][1]
+        assert server["disabled"] is True and server["in_kernel"] is False
+        # bare address, and the IPv6 form URL-encoded
+        await post_json(client, "/v1/services/web/servers/10.0.0.2/enable")
+        await post_json(client, "/v1/services/v6/servers/%5B2001%3Adb8%3A1%3A%3A1%5D%3A443/disable")
+    assert StateDir(tmp_path / "state").disabled() == {"v6": {"[2001:db8:1::1]:443"}}
+
+
+@aio
+async def test_unknown_server_or_service_is_404_with_the_reason(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=True) as client:
+        err = await post_json(client, "/v1/services/web/servers/10.9.9.9:80/disable", 404)
+        assert "has no server '10.9.9.9:80'" in err["error"] and "10.0.0.1:80" in err["error"]
+        err = await post_json(client, "/v1/services/nope/servers/10.0.0.1:80/enable", 404)
+        assert "no service named 'nope'" in err["error"]
+
+
+# --- authorization ----------------------------------------------------------------------------------
+
+
+@aio
+async def test_tcp_without_a_token_file_refuses_changes_and_says_how(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=False) as client:
+        err = await post_json(client, "/v1/services/web/servers/10.0.0.1:80/disable", 403)
+        assert "api.token-file" in err["error"] and "Authorization: Bearer" in err["error"]
+        err = await post_json(client, "/v1/reload", 403)
+    assert StateDir(tmp_path / "state").disabled() == {}
+
+
+@aio
+async def test_tcp_with_a_token_file_needs_the_token(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    d = make_daemon(tmp_path, CONFIG.replace("api: {", f"api: {{token-file: {token}, "))
+    path = "/v1/services/web/servers/10.0.0.1:80/disable"
+    async with served(d, trusted=False) as client:
+        response = await client.post(path)
+        assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+        await post_json(client, path, 401, headers={"Authorization": "Bearer wrong"})
+        await post_json(client, path, 401, headers={"Authorization": "Basic czNjcmV0"})
+        await post_json(client, path, 200, headers={"Authorization": "Bearer s3cret"})
+        token.unlink()
+        err = await post_json(client, path, 403, headers={"Authorization": "Bearer s3cret"})
+        assert "cannot read its token file" in err["error"]
+        token.write_text("\n")
+        err = await post_json(client, path, 403, headers={"Authorization": "Bearer "})
+        assert "empty" in err["error"]
+
+
+@aio
+async def test_reads_need_no_token(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=False) as client:
+        for path in ("/v1/status", "/v1/services/web", "/healthz", "/v1/openapi.json"):
+            assert (await client.get(path)).status == 200
+        assert (await client.get("/metrics")).status == 200
+
+
+# --- errors are JSON 4xx -------------------------------------------------------------------------------
+
+
+@aio
+async def test_errors_are_json(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    async with served(d, trusted=True) as client:
+        assert "openapi" in (await get_json(client, "/nope", 404))["error"]
+        response = await client.get("/v1/reload")
+        assert response.status == 405 and "POST" in response.headers["Allow"]
+        assert (await response.json())["error"]
+        err = await post_json(client, "/v1/reload", 413, data=b"x" * (MAX_BODY + 1))
+        assert "too large" in err["error"]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"x" * MAX_BODY
+
+        err = await post_json(client, "/v1/services/web/servers/10.0.0.1/disable", 413, data=chunks())
+    assert StateDir(tmp_path / "state").disabled() == {}
+
+
+@aio
+async def test_an_unexpected_exception_is_a_logged_json_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = make_daemon(tmp_path)
+
+    def broken(_daemon: Daemon) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(api_module, "status", broken)
+    async with served(d, trusted=False) as client:
+        with caplog.at_level(logging.ERROR, "mhd.api"):
+            err = await get_json(client, "/v1/status", 500)
+    assert err == {"error": "internal error, see the daemon's log"}
+    assert "boom" in caplog.text
+
+
+# --- reload ------------------------------------------------------------------------------------------
+
+
+@aio
+async def test_reload_waits_for_the_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = make_daemon(tmp_path)
+    config = tmp_path / "mhd.yaml"
+    async with main_loop(d, monkeypatch), served(d, trusted=True) as client:
+        config.write_text(CONFIG.replace("10.0.9.1:80", "10.0.9.2:80"))
+        doc = await post_json(client, "/v1/reload")
+        assert doc["ok"] is True and doc["errors"] == [] and d.config is not None
+        assert doc["sha256"] == d.config.sha256 and d.config.by_name("empty") is not None
+        config.write_text(CONFIG + "  - {name: bad, address: 10.1.1.1, port: 99999, protocol: tcpp}\n")
+        err = await post_json(client, "/v1/reload", 422)
+        assert err["ok"] is False and "invalid" in err["error"]
+        assert any("99999" in e for e in err["errors"]) and any("tcpp" in e for e in err["errors"])
+        assert d.config.by_name("bad") is None
+        status = await get_json(client, "/v1/status")
+        assert status["daemon"]["last_reload"]["ok"] is False
+
+
+# --- health -------------------------------------------------------------------------------------------
+
+
+@aio
+async def test_healthz_follows_reconcile_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = make_daemon(tmp_path)
+    metrics = Metrics(d)
+    metrics.install()
+    async with TestClient(TestServer(Api(d, metrics, trusted=False).app())) as client:
+        assert (await get_json(client, "/healthz"))["ok"] is True
+        metrics.last_reconcile -= 31  # interval 1s: the limit is the 30s floor
+        doc = await get_json(client, "/healthz", 503)
+        assert doc["ok"] is False and "no reconcile pass" in doc["error"]
+        for hook in d.hooks:  # what the daemon does after a pass
+            hook()
+        assert (await get_json(client, "/healthz"))["ok"] is True
+
+
+# --- the OpenAPI document ------------------------------------------------------------------------------
+
+
+def test_committed_openapi_is_the_served_one() -> None:
+    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert committed == openapi(), "regenerate: python -m mhd.api > docs/openapi.json"
+
+
+@aio
+async def test_openapi_is_served_and_documents_every_route(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    app = Api(d, Metrics(d), trusted=True).app()
+    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.resource}
+    documented = {(m, p) for p, ops in openapi()["paths"].items() for m in ops}
+    assert routes - {("head", p) for _, p in routes} == documented
+    async with served(d, trusted=True) as client:
+        assert await get_json(client, "/v1/openapi.json") == openapi()
+
+
+# --- the real listeners -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@aio
+async def test_start_serves_tcp_and_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "mhd.sock"
+    port = free_port()
+    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}, socket-mode: "0600"}}'
+    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
+    sock.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))  # a socket file nobody listens on: left by a crash
+    stale.close()
+    close = await start(d)
+    try:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600 and stat.S_ISSOCK(os.stat(sock).st_mode)
+        assert [p.name for p in sock.parent.iterdir()] == ["mhd.sock"]
+        path = "/v1/services/web/servers/10.0.0.1:80/disable"
+        async with ClientSession(connector=UnixConnector(path=str(sock))) as unix:
+            response = await unix.post(f"http://mhd{path}")
+            assert response.status == 200
+        async with ClientSession() as tcp:
+            response = await tcp.post(f"http://127.0.0.1:{port}{path}")
+            assert response.status == 403
+            response = await tcp.get(f"http://127.0.0.1:{port}/metrics")
+            assert response.status == 200 and "mhd_server_up" in await response.text()
+        second = await start(d)  # the socket is live: the second daemon must not steal it
+        await second()
+        assert sock.exists()
+    finally:
+        await close()
+    assert not sock.exists()
+    assert d.hooks == [] and d.probe_hooks == []
+
+
+def test_a_file_in_the_way_of_the_socket_is_not_removed(tmp_path: Path) -> None:
+    path = tmp_path / "mhd.sock"
+    path.write_text("precious")
+    with pytest.raises(OSError, match="not a socket"):
+        api_module.unix_listener(str(path), 0o660, None)
+    assert path.read_text() == "precious"
+
+
+# --- fuzzing from the OpenAPI document ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def threaded_server(d: Daemon, monkeypatch: pytest.MonkeyPatch, trusted: bool) -> Iterator[str]:
+    """The API and the daemon's main loop in a thread of their own, for a synchronous HTTP client."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    url: list[str] = []
+
+    async def serve() -> None:
+        runner = web.AppRunner(Api(d, Metrics(d), trusted=trusted).app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        url.append(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")  # type: ignore[attr-defined]
+        async with main_loop(d, monkeypatch):
+            ready.set()
+            await stop.wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        yield url[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_fuzz_from_openapi_never_5xx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.generation import GenerationMode
+
+    schema = schemathesis.openapi.from_dict(openapi())
+    operations = [op.ok() for op in schema.get_all_operations()]
+    strategies = [
+        op.as_strategy(generation_mode=mode)
+        for op in operations
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    ]
+    d = make_daemon(tmp_path)
+    seen: set[int] = set()
+    with threaded_server(d, monkeypatch, trusted) as base_url:
+
+        @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.one_of(strategies))
+        def fuzz(case: Any) -> None:
+            response = case.call(base_url=base_url, timeout=10)
+            seen.add(response.status_code)
+            assert response.status_code < 500, (case.method, case.formatted_path, response.text)
+            assert response.headers.get("content-type", [""])[0].startswith(
+                ("application/json", "text/plain")
+            ), (case.method, case.formatted_path, response.status_code, response.headers, response.text)
+
+        fuzz()
+    assert seen & {200} and seen & {403, 404}
