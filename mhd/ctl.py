@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import __version__, kernel
+from . import __version__, client, kernel
 from .config import Config, load
 from .ipvs import IpvsClient, IpvsUnavailable
 from .netlink import NetlinkError
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--state-dir", help="state dir (default: the config's state-dir)")
     c.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     c.set_defaults(func=cmd_apply)
+
+    client.add_commands(sub)  # status, reload, disable, enable: talk to the running daemon
     return p
 
 

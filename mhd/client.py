@@ -1,0 +1,326 @@
+"""mhctl's side of the API: HTTP over the daemon's unix socket (or TCP), and the human status table.
+
+Standard library only (http.client, socket, json): mhctl starts in tens of milliseconds instead of
+paying for importing aiohttp, and works from a rescue shell with nothing but Python.
+
+Exit statuses follow mhctl's: 0 success, 1 runtime failure (daemon not running, refused, timed out),
+2 invalid input (unknown service or server, a config file the daemon rejected on reload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+from typing import Any, TextIO
+
+DEFAULT_SOCKET = "/run/mhd/mhd.sock"
+TIMEOUT = 75.0  # seconds: a reload waits up to 60s for the daemon's loop
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class ClientError(Exception):
+    """A failure with a one-line message for the operator and an exit status."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix stream socket."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """One daemon endpoint: the unix socket by default, or an http(s) URL with an optional token."""
+
+    def __init__(
+        self, socket_path: str = DEFAULT_SOCKET, api: str | None = None, token: str | None = None
+    ) -> None:
+        self.socket_path = socket_path
+        self.api = api
+        self.token = token
+
+    @property
+    def where(self) -> str:
+        return self.api or self.socket_path
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.api is None:
+            return UnixHTTPConnection(self.socket_path, TIMEOUT)
+        url = urllib.parse.urlsplit(self.api)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ClientError(f"--api must be an http:// or https:// URL, not {self.api!r}", EXIT_USAGE)
+        if url.scheme == "https":
+            return http.client.HTTPSConnection(url.hostname, url.port, timeout=TIMEOUT)
+        return http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
+
+    def request(self, method: str, path: str) -> tuple[int, Any]:
+        """Send one request; returns (status, decoded JSON). Raises ClientError when no answer came."""
+        headers = {"Accept": "application/json", "Content-Length": "0"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        prefix = urllib.parse.urlsplit(self.api).path.rstrip("/") if self.api else ""
+        conn = self._connection()
+        try:
+            conn.request(method, prefix + path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ClientError(f"mhd is not running: cannot connect to {self.where}: {exc.strerror}") from None
+        except PermissionError:
+            raise ClientError(
+                f"permission denied on {self.where}: run as root or as a member of the socket's group "
+                "(api.socket-group)"
+            ) from None
+        except TimeoutError:
+            raise ClientError(f"mhd did not answer within {TIMEOUT:g}s on {self.where}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ClientError(f"cannot talk to mhd on {self.where}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(body) if body else None
+        except ValueError:
+            raise ClientError(f"{self.where} answered {response.status} with something not JSON") from None
+
+
+def quote(segment: str) -> str:
+    """A path segment: `[2001:db8::1]:80` travels as %5B2001%3Adb8%3A%3A1%5D%3A80."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def error_of(status: int, doc: Any) -> str:
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])
+    return f"unexpected answer: HTTP {status}"
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ClientError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
+    return Client(args.socket, args.api, token)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    code, doc = client_from(args).request("GET", "/v1/status")
+    if code != 200:
+        raise ClientError(error_of(code, doc))
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        sys.stdout.write(format_status(doc, Colors(use_color(sys.stdout))))
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    code, doc = client_from(args).request("POST", "/v1/reload")
+    if code == 422 and isinstance(doc, dict):
+        print("reload rejected, the daemon keeps its running config:", file=sys.stderr)
+        for error in doc.get("errors") or [error_of(code, doc)]:
+            print(error, file=sys.stderr)
+        return EXIT_USAGE
+    if code != 200:
+        raise ClientError(error_of(code, doc))
+    print(f"reloaded (sha256 {str(doc.get('sha256', ''))[:12]})")
+    return EXIT_OK
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    verb = "disable" if args.command == "disable" else "enable"
+    path = f"/v1/services/{quote(args.service)}/servers/{quote(args.server)}/{verb}"
+    code, doc = client_from(args).request("POST", path)
+    if code != 200:
+        raise ClientError(error_of(code, doc), EXIT_USAGE if code == 404 else EXIT_FAIL)
+    print(f"{doc['service']} {doc['server']}: {verb}d")
+    return EXIT_OK
+
+
+def run(func: Any, args: argparse.Namespace) -> int:
+    """Run a command; a ClientError is one line on stderr and its exit status."""
+    try:
+        return int(func(args))
+    except ClientError as exc:
+        print(f"mhctl: {exc}", file=sys.stderr)
+        return exc.exit_status
+
+
+def add_commands(sub: Any) -> None:
+    """Register status, reload, disable and enable on mhctl's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=DEFAULT_SOCKET, help=f"daemon socket (default {DEFAULT_SOCKET})")
+    common.add_argument("--api", help="talk to this URL instead, e.g. http://127.0.0.1:9180")
+    common.add_argument("--token-file", help="bearer token for --api (the daemon's api.token-file)")
+
+    def command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help, parents=[common])
+        p.set_defaults(func=lambda args: run(func, args))
+        return p
+
+    c = command("status", "services and servers of the running daemon", cmd_status)
+    c.add_argument("--json", action="store_true", help="the raw status document")
+    command("reload", "reload the daemon's config and wait for the result (exit 2: file invalid)", cmd_reload)
+    for verb in ("disable", "enable"):
+        c = command(verb, f"{verb} a server of a service (persists across restarts)", cmd_disable)
+        c.add_argument("service")
+        c.add_argument("server", help="10.0.0.1:80, 10.0.0.1 or [2001:db8::1]:80")
+
+
+# --- the human table ---------------------------------------------------------------------------------
+
+
+def use_color(stream: TextIO) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+COLOR_CODES = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "bold": "1", "dim": "2"}
+WORD_COLORS = {
+    "ok": "green", "up": "green", "yes": "green",
+    "degraded": "yellow", "unknown": "yellow", "disabled": "cyan",
+    "down": "red", "panic": "red", "no": "red", "FAILED": "red",
+}  # fmt: skip
+
+
+class Colors:
+    """ANSI colours, or nothing at all when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def paint(self, text: str, color: str | None) -> str:
+        if not self.enabled or color is None or not text.strip():
+            return text
+        return f"\033[{COLOR_CODES[color]}m{text}\033[0m"
+
+    def word(self, padded: str) -> str:
+        """Colour a padded cell by the word in it (padding stays outside the escape codes)."""
+        word = padded.strip()
+        colored = self.paint(word, WORD_COLORS.get(word))
+        return padded.replace(word, colored, 1) if word else padded
+
+
+def ago(at: float | None, now: float) -> str:
+    if not at:
+        return "-"
+    seconds = max(0.0, now - at)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def clock(at: float | None) -> str:
+    if not at:
+        return "-"
+    return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def latency(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def last_check(check: dict[str, Any] | None, now: float) -> str:
+    if not check:
+        return "-"
+    result = "ok" if check["ok"] else "FAILED"
+    text = f"{ago(check['at'], now)} {result} {latency(check['latency'])}"
+    return text + (f": {check['detail']}" if check.get("detail") and not check["ok"] else "")
+
+
+def format_header(daemon: dict[str, Any], c: Colors) -> list[str]:
+    config = daemon["config"]
+    lines = [
+        c.paint(f"mhd {daemon['version']} (pid {daemon['pid']}): {daemon['summary']}", "bold"),
+        f"config  {config['path']}  sha256 {(config['sha256'] or '-')[:12]}  loaded {clock(config['loaded_at'])}",
+    ]
+    reload = daemon.get("last_reload")
+    if reload and not reload["ok"]:
+        errors = reload["errors"] or ["?"]
+        more = f" (+{len(errors) - 1} more: mhctl reload lists them)" if len(errors) > 1 else ""
+        lines.append(f"reload  {c.paint('FAILED', 'red')} at {clock(reload['at'])}: {errors[0]}{more}")
+    elif reload:
+        lines.append(f"reload  ok at {clock(reload['at'])}")
+    kernel = daemon.get("kernel")
+    if kernel:
+        variant = kernel.get("ip_vs_mh") or "not loaded"
+        lines.append(f"kernel  {kernel['release']}, ip_vs_mh {variant}, {kernel['mh_table_size']} slots")
+    return lines
+
+
+SERVER_COLUMNS = ("SERVER", "HEALTH", "KERNEL", "DISABLED", "WEIGHT", "ACTIVE", "LAST CHECK")
+COLORED = {1, 2, 3}  # columns coloured by their word
+
+
+def server_row(server: dict[str, Any], now: float) -> list[str]:
+    stats = server.get("stats")
+    return [
+        server["name"],
+        server["health"],
+        "yes" if server["in_kernel"] else "no",
+        "disabled" if server["disabled"] else "-",
+        str(server["weight"]),
+        str(stats["active_conns"]) if stats else "-",
+        last_check(server.get("last_check"), now),
+    ]
+
+
+def format_status(doc: dict[str, Any], c: Colors, now: float | None = None) -> str:
+    """The `mhctl status` text: a header, then each service and a table of its servers."""
+    now = time.time() if now is None else now
+    lines = format_header(doc["daemon"], c)
+    rows = {id(svc): [server_row(s, now) for s in svc["servers"]] for svc in doc["services"]}
+    all_rows = [list(SERVER_COLUMNS)] + [r for rs in rows.values() for r in rs]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(SERVER_COLUMNS) - 1)]
+    for svc in doc["services"]:
+        flags = f" ({', '.join(svc['flags'])})" if svc["flags"] else ""
+        state = c.word(svc["state"])
+        counts = f"{svc['servers_up']}/{svc['servers_total']} up, {svc['servers_in_kernel']} in IPVS"
+        lines += [
+            "",
+            f"{c.paint(svc['name'], 'bold')}  {svc['virtual']}  {svc['scheduler']}{flags}  {state}  {counts}",
+        ]
+        lines.append("  " + c.paint(_row(list(SERVER_COLUMNS), widths, None), "dim"))
+        lines += ["  " + _row(row, widths, c) for row in rows[id(svc)]]
+    if not doc["services"]:
+        lines += ["", "no services configured"]
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: list[str], widths: list[int], c: Colors | None) -> str:
+    out = []
+    for i, cell in enumerate(cells):
+        padded = cell.ljust(widths[i]) if i < len(widths) else cell
+        out.append(c.word(padded) if c is not None and i in COLORED else padded)
+    return "  ".join(out).rstrip()
