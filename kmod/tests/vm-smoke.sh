@@ -207,6 +207,7 @@ for s in $(seq 1 50); do
 	echo "-A -t 10.0.2.$s:80 -s mh"
 	for i in 1 2 3 4 5 6 7 8; do echo "-a -t 10.0.2.$s:80 -r 10.0.1.$i:80 -m -w $((i % 4))"; done
 done > "$OUT/restore"
+for s in $(seq 1 50); do echo "-D -t 10.0.2.$s:80"; done > "$OUT/delete"
 end=$((SECONDS + CHURN_SECONDS - 5)); rounds=0
 while [ $SECONDS -lt $end ]; do
 	rounds=$((rounds + 1))
@@ -214,12 +215,16 @@ while [ $SECONDS -lt $end ]; do
 	C -d "${V4[@]}" -r 10.0.1.1:53
 	C -e "${V4[@]}" -r 10.0.1.3:53 -m -w 0
 	C -e "${V4[@]}" -r 10.0.1.4:53 -m -w 1000
-	ip netns exec mh-churn ipvsadm -R < "$OUT/restore" || fail "ipvsadm -R"
+	# 400 more destinations appear in one round and go in the next
+	if [ $((rounds % 2)) = 1 ]; then
+		ip netns exec mh-churn ipvsadm -R < "$OUT/restore" || fail "ipvsadm -R"
+	else
+		ip netns exec mh-churn ipvsadm -R < "$OUT/delete" || fail "ipvsadm -R (delete)"
+	fi
 	C -e "${V4[@]}" -r 10.0.1.3:53 -m -w 3
 	C -e "${V4[@]}" -r 10.0.1.4:53 -m -w 4
 	for i in 9 10 11 12; do C -d "${V4[@]}" -r 10.0.1.$i:53; done
 	C -a "${V4[@]}" -r 10.0.1.1:53 -m -w 1
-	for s in $(seq 1 50); do C -D -t 10.0.2.$s:80; done
 	C -D "${V4[@]}"                       # delete the service under traffic ...
 	C -A "${V4[@]}" -s mh                 # ... and bring it back
 	for i in 1 2 3 4 5 6 7 8; do C -a "${V4[@]}" -r 10.0.1.$i:53 -m -w $i; done
