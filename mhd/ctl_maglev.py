@@ -1,0 +1,156 @@
+"""`mhctl predict` and `mhctl table`: Maglev answers from the config or from the live kernel.
+
+With `--config FILE` the service is the one mhd would build from that file (every server healthy,
+canonical order); without it, the kernel's service as it is now (destination order as dumped), so
+the answer holds for this director at this moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import sys
+
+from . import kernel
+from .config import Config, load
+from .daemon import find_config
+from .ipvs import IpvsClient
+from .model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
+from .planner import canonical
+from .predict import Model, parse_client, predict, shares
+
+KEY_RE = re.compile(r"^(tcp|udp|sctp):(.+):(\d+)$|^fwmark:(\d+)(?:/(ipv4|ipv6))?$")
+
+
+class UsageError(Exception):
+    """Bad input from the operator (exit 2)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = sub.add_parser("predict", help="which real server each client goes to (bit-exact with ip_vs_mh)")
+    c.add_argument("service", help="service name (from the config) or key such as udp:10.0.0.1:53")
+    c.add_argument("clients", nargs="*", help="addr or addr:port ([v6]:port); default: one per line on stdin")
+    c.add_argument("--config", help="predict from this config (all servers up) instead of the live kernel")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("table", help="each server's share of the Maglev table, and max/mean")
+    c.add_argument("service", help="service name (from the config) or key such as udp:10.0.0.1:53")
+    c.add_argument("--config", help="the table mhd would build from this config instead of the live one")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_table)
+
+
+def model_for(config: Config | None) -> Model:
+    """Table size and variant: the config's overrides, else what the running kernel says."""
+    index = (config.kernel.mh_tab_index if config else None) or kernel.mh_tab_index()[0]
+    module = config.kernel.module if config else "auto"
+    variant = module if module in ("intree", "backport") else (kernel.mh_variant() or "intree")
+    return Model(index, variant)  # type: ignore[arg-type]
+
+
+def _parse_key(text: str) -> ServiceKey | None:
+    m = KEY_RE.match(text)
+    if not m:
+        return None
+    if m.group(4):
+        family = socket_family(6 if m.group(5) == "ipv6" else 4)
+        return ServiceKey(family, fwmark=int(m.group(4)))
+    address = parse_ip(m.group(2).strip("[]"))
+    return ServiceKey(
+        socket_family(address.version), protocol=PROTOCOLS[m.group(1)], address=address, port=int(m.group(3))
+    )
+
+
+def socket_family(version: int) -> int:
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
+    """The service to answer for, the model, and a label."""
+    if args.config:
+        config = load(args.config, mh_slots=mh_table_size(kernel.mh_tab_index()[0]))
+        svc = config.by_name(args.service)
+        if svc is None:
+            key = _parse_key(args.service)
+            svc = next((s for s in config.services if s.key == key), None)
+        if svc is None:
+            raise UsageError(
+                f"no service '{args.service}' in {args.config} (names: {', '.join(s.name for s in config.services)})"
+            )
+        built = svc.service()
+        return (
+            Service(built.key, built.scheduler, built.flags, dests=canonical(built.dests)),
+            model_for(config),
+            svc.name,
+        )
+    key = _parse_key(args.service)
+    name = args.service
+    config_obj: Config | None = None
+    if key is None:
+        path = find_config(None)
+        try:
+            config_obj = load(path)
+        except Exception as exc:  # the name needs the config; say which file and why
+            raise UsageError(
+                f"'{args.service}' is not a service key (udp:ADDR:PORT) and {path} cannot be read to look the name up: {exc}"
+            ) from None
+        found = config_obj.by_name(args.service)
+        if found is None:
+            raise UsageError(f"no service named '{args.service}' in {path}")
+        key = found.key
+    client = await IpvsClient.open()
+    try:
+        svc_live = await client.service(key)
+    finally:
+        client.close()
+    if svc_live is None:
+        raise UsageError(f"the kernel has no service {key} in this network namespace")
+    return svc_live, model_for(config_obj), name
+
+
+async def cmd_predict(args: argparse.Namespace) -> int:
+    lines = args.clients or [line for line in sys.stdin.read().split() if line]
+    try:
+        clients = [parse_client(c) for c in lines]
+    except ValueError as exc:
+        raise UsageError(f"bad client: {exc}") from None
+    svc, model, _ = await resolve(args)
+    try:
+        picks = predict(svc, clients, model)
+    except ValueError as exc:  # e.g. an IPv6 client for an IPv4 service
+        raise UsageError(f"bad client for {svc.key}: {exc}") from None
+    if args.json:
+        print(
+            json.dumps(
+                [{"client": c, "server": str(p) if p else None} for c, p in zip(lines, picks, strict=True)]
+            )
+        )
+    else:
+        for c, p in zip(lines, picks, strict=True):
+            print(f"{c} {p if p else '-'}")
+    return 0
+
+
+async def cmd_table(args: argparse.Namespace) -> int:
+    svc, model, name = await resolve(args)
+    if svc.scheduler != "mh":
+        raise UsageError(f"service {name} uses scheduler {svc.scheduler}, not mh: it has no Maglev table")
+    share = shares(svc, model)
+    mean = 1.0 / len(share) if share else 0.0
+    top = max(share.values(), default=0.0)
+    if args.json:
+        print(json.dumps({"service": name, "table_size": mh_table_size(model.tab_index), "variant": model.variant,
+                          "servers": [{"server": str(k), "share": v} for k, v in share.items()],
+                          "max_mean_ratio": top / mean if mean else 0.0}))  # fmt: skip
+        return 0
+    print(
+        f"{name} {svc.key}: {mh_table_size(model.tab_index)} slots ({model.variant} ip_vs_mh), list order as in the kernel"
+    )
+    for k, v in share.items():
+        weight = next(d.weight for d in svc.dests if d.key == k)
+        print(f"  {k!s:<40} weight {weight:<5} {v:7.2%}")
+    print(f"max/mean: {top / mean if mean else 0.0:.3f}")
+    return 0
