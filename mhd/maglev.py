@@ -43,7 +43,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -540,6 +540,7 @@ def _populate(
     # pos[d]: every position of d's permutation before pos[d] holds a taken slot.
     pos = np.zeros(n, dtype=np.int64)
     ptr = [0] * n
+    scanner = _Scanner(offsets, skips, m, owner_np)
     e = 0
     tail = _tail_size(n, m)
     while m - e > tail:
@@ -553,9 +554,10 @@ def _populate(
         length = np.minimum(
             ((c * _SLACK + _SPREAD * (np.sqrt(c) + 1.0)) * (m / free)).astype(np.int64) + 4, m
         )
-        cand, cand_pos, starts = _scan(offsets, skips, m, rows, pos[rows], length, owner_np)
-        for d, st in zip(rows.tolist(), starts.tolist(), strict=True):
-            ptr[d] = st
+        cand, cand_pos, starts = scanner.scan(rows, pos[rows], length)
+        ptr_np = np.array(ptr, dtype=np.int64)
+        ptr_np[rows] = starts
+        ptr = ptr_np.tolist()
         refill = max(64, int(_REFILL * 1.5 * m / free))
         order = block.tolist()
         for d in order:
@@ -568,14 +570,16 @@ def _populate(
                 # d used up its candidates: scan further along its permutation.
                 start = cand_pos[k]
                 k = len(cand)
-                _scan_one(offsets, skips, m, d, start, refill, owner_np, cand, cand_pos)
+                scanner.extend(d, start, refill, cand, cand_pos)
                 s = cand[k]
                 while owner[s] >= 0:
                     k += 1
                     s = cand[k]
             owner[s] = d
             ptr[d] = k + 1
-        pos[rows] = [cand_pos[ptr[d]] for d in rows.tolist()]
+        at = np.frombuffer(cand_pos, dtype=np.int64)
+        pos[rows] = at[np.array(ptr, dtype=np.int64)[rows]]
+        del at  # a live view would forbid growing cand_pos
         e += len(order)
     if e < m:
         _populate_tail(offsets, skips, m, events[e:], owner, owner_np)
@@ -610,66 +614,146 @@ def _event_sequence(turns: npt.NDArray[np.int64], m: int) -> npt.NDArray[np.int6
     return events
 
 
-def _scan(
-    offsets: npt.NDArray[np.int64],
-    skips: npt.NDArray[np.int64],
-    m: int,
-    rows: npt.NDArray[np.int64],
-    start: npt.NDArray[np.int64],
-    length: npt.NDArray[np.int64],
-    owner_np: npt.NDArray[np.int64],
-) -> tuple[array[int], array[int], npt.NDArray[np.int64]]:
-    """Free slots of destinations ``rows`` at permutation positions ``[start, start+length)``.
+class _Scanner:
+    """Lists the free slots along destinations' permutations, for the claim loop.
 
-    Returns the slots and their positions as flat arrays, each row followed by the marker
-    slot ``m`` (whose "position" is where the next scan of that row starts), and the index at
-    which each row begins. ``owner_np`` has M + 1 entries, the last one -1 for the marker.
+    Each result is a pair of flat ``array('q')``: the free slots in permutation order, and
+    their positions; each row ends with the marker slot M, whose "position" is where the next
+    scan of that row starts. ``owner_np`` has M + 1 entries, the last one -1 for the marker.
+
+    The work buffers are kept and written in place: a fresh numpy array of a few hundred
+    kilobytes costs page faults each time (glibc hands large freed blocks back to the kernel),
+    and under virtualisation those cost more than the arithmetic itself.
     """
-    n_rows = rows.shape[0]
-    widest = int(length.max())
-    if n_rows * (widest + 1) <= 1.5 * float(length.sum() + n_rows):
-        # Rows of similar length (the usual case): a rectangle, one marker column.
-        q = start[:, None] + np.arange(widest + 1, dtype=np.int64)
-        slot = (offsets[rows][:, None] + q * skips[rows][:, None]) % m
+
+    def __init__(
+        self,
+        offsets: npt.NDArray[np.int64],
+        skips: npt.NDArray[np.int64],
+        m: int,
+        owner_np: npt.NDArray[np.int64],
+    ) -> None:
+        self.offsets, self.skips, self.m, self.owner = offsets, skips, m, owner_np
+        self._slot32 = np.empty(0, dtype=np.int32)
+        self._slot64 = np.empty(0, dtype=np.int64)
+        self._held = np.empty(0, dtype=np.int64)
+        self._free = np.empty(0, dtype=bool)
+
+    def _grow(self, size: int) -> None:
+        if self._held.shape[0] < size:
+            cap = max(size, int(self._held.shape[0] * 1.5), 4096)
+            self._slot32 = np.empty(cap, dtype=np.int32)
+            self._slot64 = np.empty(cap, dtype=np.int64)
+            self._held = np.empty(cap, dtype=np.int64)
+            self._free = np.empty(cap, dtype=bool)
+
+    def _fill(
+        self,
+        out_rows: int,
+        width: int,
+        base: npt.NDArray[np.int64],
+        step: npt.NDArray[np.int64],
+    ) -> npt.NDArray[np.signedinteger[Any]]:
+        """``(base + j * step) % M`` for j = 0 .. width-1, one row per base, in a work buffer.
+
+        int32 whenever that cannot overflow: numpy vectorises 32-bit multiply and modulo but
+        not 64-bit ones here, and this is most of the work of scanning.
+        """
+        size = out_rows * width
+        j = np.arange(width, dtype=np.int64)
+        if width * self.m < 2**31:
+            out32 = self._slot32[:size].reshape(out_rows, width)
+            np.multiply(j.astype(np.int32), step.astype(np.int32)[:, None], out=out32)
+            np.add(out32, base.astype(np.int32)[:, None], out=out32)
+            np.remainder(out32, np.int32(self.m), out=out32)
+            return out32
+        out64 = self._slot64[:size].reshape(out_rows, width)
+        np.multiply(j, step[:, None], out=out64)
+        np.add(out64, base[:, None], out=out64)
+        np.remainder(out64, self.m, out=out64)
+        return out64
+
+    def _keep_free(self, slot: npt.NDArray[np.signedinteger[Any]]) -> npt.NDArray[np.intp]:
+        flat = slot.reshape(-1)
+        held = np.take(self.owner, flat, out=self._held[: flat.shape[0]], mode="clip")
+        return np.flatnonzero(np.less(held, 0, out=self._free[: flat.shape[0]]))
+
+    def scan(
+        self,
+        rows: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        length: npt.NDArray[np.int64],
+    ) -> tuple[array[int], array[int], npt.NDArray[np.int64]]:
+        """Free slots of destinations ``rows`` at positions ``[start, start+length)``, and the
+        index at which each row begins in the result."""
+        # One rectangle, wide enough for the longest row; shorter rows just look further.
+        # Only very unequal weights make that wasteful; then the rows are scanned in groups.
+        if rows.shape[0] * (int(length.max()) + 1) > 2.0 * float(length.sum() + rows.shape[0]):
+            return self._scan_grouped(rows, start, length)
+        return self._scan_rect(rows, start, length)
+
+    def _scan_rect(
+        self,
+        rows: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        length: npt.NDArray[np.int64],
+    ) -> tuple[array[int], array[int], npt.NDArray[np.int64]]:
+        m = self.m
+        n_rows = rows.shape[0]
+        widest = int(length.max())
+        width = widest + 1
+        self._grow(n_rows * width)
+        base = (self.offsets[rows] + start * self.skips[rows]) % m
+        slot = self._fill(n_rows, width, base, self.skips[rows])
         slot[:, widest] = m
-        row_begin = np.arange(n_rows, dtype=np.int64) * (widest + 1)
-    else:
-        # Ragged rows (very unequal weights): concatenated ranges.
-        span = length + 1
-        ends = np.cumsum(span)
-        row_begin = ends - span
-        q = np.arange(int(ends[-1]), dtype=np.int64) - np.repeat(row_begin - start, span)
-        slot = (np.repeat(offsets[rows], span) + q * np.repeat(skips[rows], span)) % m
-        slot[ends - 1] = m
-    keep = np.flatnonzero(owner_np[slot.ravel()] < 0)
-    cand = array("q")
-    cand.frombytes(slot.ravel()[keep].tobytes())
-    cand_pos = array("q")
-    cand_pos.frombytes(q.ravel()[keep].tobytes())
-    return cand, cand_pos, np.searchsorted(keep, row_begin)
+        keep = self._keep_free(slot)
+        row_begin = np.arange(n_rows, dtype=np.int64) * width
+        starts = np.searchsorted(keep, row_begin)
+        counts = np.diff(np.append(starts, keep.shape[0]))
+        cand = array("q")
+        cand.frombytes(_raw(slot.reshape(-1)[keep].astype(np.int64)))
+        cand_pos = array("q")
+        cand_pos.frombytes(_raw(keep + np.repeat(start - row_begin, counts)))
+        return cand, cand_pos, starts
+
+    def _scan_grouped(
+        self,
+        rows: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        length: npt.NDArray[np.int64],
+    ) -> tuple[array[int], array[int], npt.NDArray[np.int64]]:
+        """:meth:`scan` for rows of very different lengths: rectangles of rows whose
+        lengths are within a factor 2, concatenated."""
+        group = np.floor(np.log2(np.maximum(length, 1))).astype(np.int64)
+        cand, cand_pos = array("q"), array("q")
+        starts = np.empty(rows.shape[0], dtype=np.int64)
+        for g in np.unique(group).tolist():
+            sel = np.flatnonzero(group == g)
+            c, p, st = self._scan_rect(rows[sel], start[sel], length[sel])
+            starts[sel] = st + len(cand)
+            cand.extend(c)
+            cand_pos.extend(p)
+        return cand, cand_pos, starts
+
+    def extend(self, d: int, start: int, length: int, cand: array[int], cand_pos: array[int]) -> None:
+        """Append the free slots of destination d at positions ``[start, start+length)``,
+        then a marker, to ``cand`` / ``cand_pos`` (the rare single-row refill)."""
+        m = self.m
+        length = max(16, min(length, m))
+        self._grow(length)
+        base = np.array([(int(self.offsets[d]) + start * int(self.skips[d])) % m])
+        slot = self._fill(1, length, base, self.skips[d : d + 1])
+        keep = self._keep_free(slot)
+        cand.frombytes(_raw(slot.reshape(-1)[keep].astype(np.int64)))
+        cand.append(m)
+        cand_pos.frombytes(_raw(keep + start))
+        cand_pos.append(start + length)
 
 
-def _scan_one(
-    offsets: npt.NDArray[np.int64],
-    skips: npt.NDArray[np.int64],
-    m: int,
-    d: int,
-    start: int,
-    length: int,
-    owner_np: npt.NDArray[np.int64],
-    cand: array[int],
-    cand_pos: array[int],
-) -> None:
-    """Append the free slots of destination d at positions ``[start, start+length)``, then a
-    marker, to ``cand`` / ``cand_pos`` (like :func:`_scan`, for the rare single-row refill)."""
-    length = max(16, min(length, m))
-    q = np.arange(start, start + length, dtype=np.int64)
-    slot = (int(offsets[d]) + q * int(skips[d])) % m
-    keep = owner_np[slot] < 0
-    cand.frombytes(slot[keep].tobytes())
-    cand.append(m)
-    cand_pos.frombytes(q[keep].tobytes())
-    cand_pos.append(start + length)
+def _raw(values: npt.NDArray[np.signedinteger[Any]]) -> memoryview:
+    """The bytes of an array, without the copy ``tobytes()`` makes (which, for the sizes here,
+    cost more than the whole scan)."""
+    return np.ascontiguousarray(values, dtype=np.int64).data.cast("B")
 
 
 def _populate_tail(
