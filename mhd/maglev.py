@@ -42,7 +42,7 @@ import socket
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -112,9 +112,6 @@ class MhDest:
     port: int
     weight: int
     last_weight: int | None = None
-    # The parsed address, kept so that rebuilding a table does not parse it again.
-    _value: int = field(default=0, init=False, repr=False, compare=False)
-    _version: int = field(default=4, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -122,8 +119,6 @@ class MhDest:
         except ValueError as exc:
             raise ValueError(f"not an IPv4/IPv6 address: {self.address!r}") from exc
         object.__setattr__(self, "address", str(addr))
-        object.__setattr__(self, "_value", int(addr))
-        object.__setattr__(self, "_version", addr.version)
         _check_int("port", self.port, 0, 0xFFFF)
         _check_int("weight", self.weight, 0, MAX_WEIGHT)
         if self.last_weight is not None:
@@ -134,14 +129,20 @@ class MhDest:
                     f"(weight={self.weight}, last_weight={self.last_weight})"
                 )
 
+    @cached_property
+    def _parsed(self) -> tuple[int, int]:
+        """(address as an integer, IP version), parsed once: tables get rebuilt often."""
+        addr = ipaddress.ip_address(self.address)
+        return int(addr), addr.version
+
     @property
     def family(self) -> Family:
         """4 or 6: the address family of ``address``."""
-        return 6 if self._version == 6 else 4
+        return 6 if self._parsed[1] == 6 else 4
 
     def fold(self, family: Family | None = None) -> int:
         """:func:`fold_address` of this destination's address, read as ``family``."""
-        return _fold_value(self._value, self._version, family)
+        return _fold_value(*self._parsed, family)
 
     @property
     def key(self) -> tuple[str, int]:
