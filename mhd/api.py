@@ -66,7 +66,7 @@ class ApiError(Exception):
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+    text = json.dumps(data) + "\n"  # no indent: the C encoder, 5x faster on a 16,000-server status
     return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 

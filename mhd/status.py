@@ -55,8 +55,11 @@ def flag_names(scheduler: str, flags: int) -> list[str]:
     return names
 
 
+STATS_FIELDS = tuple(f.name for f in dataclasses.fields(Stats))
+
+
 def stats_json(stats: Stats) -> dict[str, int]:
-    return dataclasses.asdict(stats)
+    return {name: getattr(stats, name) for name in STATS_FIELDS}  # asdict() is 10x slower
 
 
 def daemon_status(daemon: Daemon) -> dict[str, Any]:
@@ -142,17 +145,19 @@ def service_state(any_in_kernel: bool, panic: bool, enabled_all_up: bool) -> Ser
 def server_status(
     daemon: Daemon, svc: ServiceConfig, server: ServerConfig, dest: Dest | None, disabled: set[str]
 ) -> dict[str, Any]:
-    health = daemon.health(svc.name, server.key)
+    key = server.key
+    health = daemon.health(svc.name, key)
     last = health.last if health is not None else None
+    name = str(key)
     return {
-        "name": str(server.key),
+        "name": name,
         "address": str(server.address),
         "port": server.port,
         "weight": server.weight,
         "check": server.check.type,
         "health": health.state if health is not None else "unknown",
         "in_kernel": dest is not None,
-        "disabled": str(server.key) in disabled,
+        "disabled": name in disabled,
         "last_check": (
             {"at": last.at, "ok": last.ok, "latency": last.latency, "detail": last.detail} if last else None
         ),
