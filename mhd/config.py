@@ -35,6 +35,7 @@ from .model import (
 )
 from .yamlsource import ConfigError, Located, Problem, parse
 
+DEFAULT_CONFIGS = ("/etc/mhd/mhd.yaml", "/etc/mhd.yaml")
 DEFAULT_STATE_DIR = "/var/lib/mhd"
 DEFAULT_LISTEN = "127.0.0.1:9180"
 DEFAULT_SOCKET = "/run/mhd/mhd.sock"
@@ -137,6 +138,13 @@ class Config:
 
     def schedulers(self) -> set[str]:
         return {s.scheduler for s in self.services}
+
+
+def find_config(path: str | None) -> str:
+    """The config file to use: the one given, else the first default that exists."""
+    if path:
+        return path
+    return next((p for p in DEFAULT_CONFIGS if Path(p).exists()), DEFAULT_CONFIGS[0])
 
 
 def load(path: str | Path, mh_slots: int | None = None) -> Config:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import __version__, client, kernel
+from . import __version__, client, ctl_maglev, kernel
 from .config import Config, load
 from .ipvs import IpvsClient, IpvsUnavailable
 from .netlink import NetlinkError
@@ -58,11 +58,21 @@ async def cmd_plan(args: argparse.Namespace) -> int:
         outcome = await reconcile(client, config, state, dry_run=True)
     finally:
         client.close()
+    from .predict import plan_moves  # numpy: only for the commands that need the model
+
+    moved = plan_moves(outcome.observed, outcome.ops, ctl_maglev.model_for(config))
     if args.json:
-        print(json.dumps([op.to_json() for op in outcome.ops], indent=1))
+        docs = [
+            op.to_json() | ({"moves": moved[op.service.key]} if op.service.key in moved else {})
+            for op in outcome.ops
+        ]
+        print(json.dumps(docs, indent=1))
         return EXIT_OK
     for op in outcome.ops:
         print(op.describe())
+    names = {s.key: s.name for s in config.services}
+    for key, share in sorted(moved.items(), key=lambda kv: kv[0].sort_key()):
+        print(f"# {names.get(key, '-')} {key}: moves {share:.1%} of flows to another server")
     for key in outcome.unmanaged:
         print(f"# not managed by mhd, left alone: {key}")
     print(f"{len(outcome.ops)} operations" if outcome.ops else "in sync: nothing to do")
@@ -119,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     c.set_defaults(func=cmd_apply)
 
+    ctl_maglev.register(sub)  # predict, table: Maglev answers from the config or the live kernel
     client.add_commands(sub)  # status, reload, disable, enable: talk to the running daemon
     return p
 
@@ -133,6 +144,9 @@ def run(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except ctl_maglev.UsageError as exc:
+        print(f"mhctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (kernel.KernelError, IpvsUnavailable, StateError, Failure) as exc:
         print(f"mhctl: {exc}", file=sys.stderr)

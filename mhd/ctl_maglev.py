@@ -12,14 +12,14 @@ import json
 import re
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from . import kernel
-from .config import Config, load
-from .daemon import find_config
-from .ipvs import IpvsClient
+from .config import Config, find_config, load
 from .model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
-from .planner import canonical
-from .predict import Model, parse_client, predict, shares
+
+if TYPE_CHECKING:  # the model pulls in numpy: imported when a command needs it, so mhctl starts fast
+    from .predict import Model
 
 KEY_RE = re.compile(r"^(tcp|udp|sctp):(.+):(\d+)$|^fwmark:(\d+)(?:/(ipv4|ipv6))?$")
 
@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def model_for(config: Config | None) -> Model:
     """Table size and variant: the config's overrides, else what the running kernel says."""
+    from .predict import Model
+
     index = (config.kernel.mh_tab_index if config else None) or kernel.mh_tab_index()[0]
     module = config.kernel.module if config else "auto"
     variant = module if module in ("intree", "backport") else (kernel.mh_variant() or "intree")
@@ -70,6 +72,9 @@ def socket_family(version: int) -> int:
 
 async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
     """The service to answer for, the model, and a label."""
+    from .ipvs import IpvsClient
+    from .planner import canonical
+
     if args.config:
         config = load(args.config, mh_slots=mh_table_size(kernel.mh_tab_index()[0]))
         svc = config.by_name(args.service)
@@ -112,6 +117,8 @@ async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
 
 
 async def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import parse_client, predict
+
     lines = args.clients or [line for line in sys.stdin.read().split() if line]
     try:
         clients = [parse_client(c) for c in lines]
@@ -135,22 +142,22 @@ async def cmd_predict(args: argparse.Namespace) -> int:
 
 
 async def cmd_table(args: argparse.Namespace) -> int:
+    from .predict import shares, table
+
     svc, model, name = await resolve(args)
     if svc.scheduler != "mh":
         raise UsageError(f"service {name} uses scheduler {svc.scheduler}, not mh: it has no Maglev table")
     share = shares(svc, model)
-    mean = 1.0 / len(share) if share else 0.0
-    top = max(share.values(), default=0.0)
+    ratio = table(svc, model).max_mean_ratio()  # slots against each server's weighted fair share
     if args.json:
         print(json.dumps({"service": name, "table_size": mh_table_size(model.tab_index), "variant": model.variant,
                           "servers": [{"server": str(k), "share": v} for k, v in share.items()],
-                          "max_mean_ratio": top / mean if mean else 0.0}))  # fmt: skip
+                          "max_mean_ratio": ratio}))  # fmt: skip
         return 0
-    print(
-        f"{name} {svc.key}: {mh_table_size(model.tab_index)} slots ({model.variant} ip_vs_mh), list order as in the kernel"
-    )
+    order = "canonical order, every server up" if args.config else "list order as in the kernel now"
+    print(f"{name} {svc.key}: {mh_table_size(model.tab_index)} slots ({model.variant} ip_vs_mh), {order}")
     for k, v in share.items():
         weight = next(d.weight for d in svc.dests if d.key == k)
         print(f"  {k!s:<40} weight {weight:<5} {v:7.2%}")
-    print(f"max/mean: {top / mean if mean else 0.0:.3f}")
+    print(f"max/mean (against each server's weighted fair share): {ratio:.3f}")
     return 0

@@ -20,12 +20,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import __version__, kernel, sdnotify
 from .checkers import CheckResult
-from .config import Config, ServiceConfig, load
+from .config import DEFAULT_CONFIGS, Config, ServiceConfig, find_config, load
 from .health import Health, Transition
 from .ipvs import IpvsClient, IpvsUnavailable
 from .model import DestKey, Service, ServiceKey, mh_table_size
@@ -36,7 +35,6 @@ from .state import StateDir, StateError
 from .yamlsource import ConfigError
 
 log = logging.getLogger("mhd")
-DEFAULT_CONFIGS = ("/etc/mhd/mhd.yaml", "/etc/mhd.yaml")
 
 
 @dataclass
@@ -81,6 +79,7 @@ class Daemon:
         self.drift_repairs = 0
         self.op_counts: dict[str, int] = {}
         self.transitions = 0
+        self.reload_counts = {"ok": 0, "failed": 0}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
@@ -159,6 +158,7 @@ class Daemon:
             log.info("reloaded %s: %d services changed", self.config_path, len(changed))
             result = ReloadResult(True, time.time(), [], config.sha256)
         self.last_reload = result
+        self.reload_counts["ok" if result.ok else "failed"] += 1
         sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
         return result
 
@@ -355,12 +355,6 @@ def changed_services(old: Config, new: Config) -> set[ServiceKey]:
     return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
-def find_config(path: str | None) -> str:
-    if path:
-        return path
-    return next((p for p in DEFAULT_CONFIGS if Path(p).exists()), DEFAULT_CONFIGS[0])
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mhd",
@@ -383,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     sdnotify.setup_logging(getattr(logging, args.log_level.upper()))
     daemon = Daemon(find_config(args.config), args.state_dir)
     try:
-        return asyncio.run(daemon.run())
+        from . import api
+
+        return asyncio.run(daemon.run(on_ready=api.start))
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s", problem)

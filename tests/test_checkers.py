@@ -534,4 +534,4 @@ async def test_many_concurrent_deadlines_fire_in_order() -> None:
         )
     for t, r in zip(timeouts, results, strict=True):
         assert r.detail == f"timeout after {t:g}s"
-        assert t <= r.latency < t + 0.1
+        assert t <= r.latency < t + 0.5  # margin for a loaded 2-core CI machine
