@@ -12,15 +12,17 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, client, ctl_maglev, kernel
 from .config import Config, load
-from .ipvs import IpvsClient, IpvsUnavailable
 from .netlink import NetlinkError
 from .reconcile import reconcile
 from .state import StateDir, StateError
 from .yamlsource import ConfigError
+
+if TYPE_CHECKING:
+    from .ipvs import IpvsClient
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -37,6 +39,8 @@ def _config(path: str) -> Config:
 
 
 async def _client(config: Config) -> IpvsClient:
+    from .ipvs import IpvsClient  # pyroute2: only for the commands that talk to the kernel
+
     warnings = kernel.load_modules(config.schedulers())
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -148,7 +152,7 @@ def run(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
     except ctl_maglev.UsageError as exc:
         print(f"mhctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (kernel.KernelError, IpvsUnavailable, StateError, Failure) as exc:
+    except (kernel.KernelError, StateError, Failure) as exc:
         print(f"mhctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except NetlinkError as exc:

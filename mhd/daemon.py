@@ -26,7 +26,7 @@ from . import __version__, kernel, sdnotify
 from .checkers import CheckResult
 from .config import DEFAULT_CONFIGS, Config, ServiceConfig, find_config, load
 from .health import Health, Transition
-from .ipvs import IpvsClient, IpvsUnavailable
+from .ipvs import IpvsClient
 from .model import DestKey, Service, ServiceKey, mh_table_size
 from .netlink import NetlinkError
 from .prober import CheckKey, ProbeHook, Prober, Target
@@ -79,7 +79,7 @@ class Daemon:
         self.drift_repairs = 0
         self.op_counts: dict[str, int] = {}
         self.transitions = 0
-        self.reload_counts = {"ok": 0, "failed": 0}
+        self.reload_counts = {"ok": 0, "error": 0}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
@@ -158,7 +158,7 @@ class Daemon:
             log.info("reloaded %s: %d services changed", self.config_path, len(changed))
             result = ReloadResult(True, time.time(), [], config.sha256)
         self.last_reload = result
-        self.reload_counts["ok" if result.ok else "failed"] += 1
+        self.reload_counts["ok" if result.ok else "error"] += 1
         sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
         return result
 
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             log.error("%s", problem)
         return 2
-    except (kernel.KernelError, IpvsUnavailable, StateError) as exc:
+    except (kernel.KernelError, StateError) as exc:
         log.error("%s", exc)
         return 1
     except PermissionError as exc:

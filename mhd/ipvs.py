@@ -21,6 +21,7 @@ from typing import Any
 from pyroute2.netlink import genlmsg, nla
 
 from . import netlink as nl
+from .kernel import IpvsUnavailable
 from .model import Dest, DestKey, IPAddress, Service, ServiceKey, Stats
 from .planner import Op
 
@@ -263,10 +264,6 @@ def decode_dest(payload: memoryview, service_family: int) -> Dest | None:
 
 
 # --- the client -----------------------------------------------------------------------------------
-
-
-class IpvsUnavailable(Exception):
-    """The kernel has no IPVS generic netlink family: the module is missing or not loaded."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ class KernelError(Exception):
     """IPVS cannot be used on this host; the message says what to install or load."""
 
 
+class IpvsUnavailable(KernelError):
+    """The kernel has no IPVS generic netlink family: the module is missing or not loaded."""
+
+
 @dataclass(frozen=True)
 class KernelInfo:
     release: str

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .config import Config, ServiceConfig
-from .ipvs import IpvsClient, OpFailure
 from .model import DestKey, Service, ServiceKey
 from .planner import Desired, Op, plan, unmanaged
 from .state import StateDir
+
+if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes it through
+    from .ipvs import IpvsClient, OpFailure
 
 log = logging.getLogger("mhd.reconcile")
 

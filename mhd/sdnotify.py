@@ -12,8 +12,8 @@ import socket
 import sys
 
 try:  # pragma: no cover - depends on the host
-    from systemd import daemon as _sd_daemon
-    from systemd import journal as _sd_journal
+    from systemd import daemon as _sd_daemon  # type: ignore[attr-defined,unused-ignore]
+    from systemd import journal as _sd_journal  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover
     _sd_daemon = None
     _sd_journal = None

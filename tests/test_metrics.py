@@ -188,7 +188,10 @@ def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
     metrics.install()
     d.reconciles, d.drift_repairs, d.transitions = 12, 2, 5
     d.op_counts = {"add-dest": 3, "delete-dest": 1}
-    d.last_reload = ReloadResult(False, time.time(), ["t.yaml:1:1: bad"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("services: [{name: Bad}]\n")
+    d.config_path = str(broken)
+    assert not d._reload().ok  # the daemon's own reload path counts it
     for hook in d.hooks:
         hook()
     s = scrape(metrics)
