@@ -98,3 +98,29 @@ def test_second_daemon_on_the_same_state_dir_is_refused(daemon: tuple[Daemon, ns
     assert other.returncode == 1
     assert "is in use by another mhd" in other.stderr
     assert d.stop() == 0
+
+
+def test_reload_storm_and_kill_9(daemon: tuple[Daemon, nsh.Topology]) -> None:
+    """100 SIGHUPs in a row end in the right state with no duplicate operations; kill -9 and a
+    restart perform zero netlink writes."""
+    d, t = daemon
+    servers = {t.rs(i): 1 for i in range(1, 9)}
+    d.config.write_text(daemon_config(t.vip, servers, interval="30s"))
+    d.start()
+    before = nsh.ipvsadm_save(t.director)
+    d.config.write_text(daemon_config(t.vip, {**servers, t.rs(4): 3}, interval="30s"))
+    for _ in range(100):
+        d.signal(signal.SIGHUP)
+    edited = before.replace(f"-r {t.rs(4)}:53 -m -w 1", f"-r {t.rs(4)}:53 -m -w 3")
+    wait_for(lambda: nsh.ipvsadm_save(t.director) == edited, 60, "the storm's edit applied")
+    time.sleep(3)
+    log = d.text()
+    assert log.count(f"edit-dest dns udp:{t.vip}:53 -> {t.rs(4)}:53") == 1, log
+    assert "add-dest" not in log.split("started", 1)[1] and "delete-dest" not in log
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    d.start()
+    assert "0 netlink writes at start" in d.text()
+    assert nsh.ipvsadm_save(t.director) == edited
+    assert d.stop() == 0
