@@ -32,23 +32,37 @@ Two variants are modelled, because mhd meets both in the field:
     The out-of-tree module mhd was seeded with: ports are always hashed for TCP/UDP/SCTP,
     weight-0 destinations are left out of the table (their slots go to the others), the current
     weight is used and there is no fallback.
+
+Population, the one step that is a long chain of dependent operations, runs in C when the
+optional extension ``mhd._maglev_fast`` is built (``setup.py``), and in numpy otherwise or when
+the environment sets ``MHD_MAGLEV_PURE=1``; both give the same tables.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import math
+import os
 import socket
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, reduce
+from types import ModuleType
 from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from mhd.siphash import hsiphash, hsiphash_u32, hsiphash_u32_multi
+
+# The compiled population loop (mhd/_maglev_fast.c, built by setup.py) is optional.
+_maglev_fast: ModuleType | None
+try:
+    _maglev_fast = importlib.import_module("mhd._maglev_fast")
+except ImportError:
+    _maglev_fast = None
 
 __all__ = [
     "MAX_WEIGHT",
@@ -453,7 +467,11 @@ def build_table(
         slots = np.full(m, -1, dtype=np.intp)
     else:
         offsets, skips = _permutations(dests, family, m, bits)
-        slots = _populate(offsets, skips, np.array(turns, dtype=np.int64), m)
+        turns_np = np.array(turns, dtype=np.int64)
+        if _populate_path() == "compiled":
+            slots = _populate_compiled(offsets, skips, turns_np, m)
+        else:
+            slots = _populate(offsets, skips, turns_np, m)
     slots.setflags(write=False)
     return MaglevTable(
         dests=dests,
@@ -485,6 +503,40 @@ def _permutations(
     both = hsiphash_u32_multi(np.stack([base, base]), [KEY_OFFSET, KEY_SKIP], bits=bits)
     hashes = both.astype(np.int64)
     return hashes[0] % m, hashes[1] % (m - 1) + 1
+
+
+#: Set to 1 to make :func:`build_table` use the numpy builder although the compiled one is built.
+PURE_ENV: Final = "MHD_MAGLEV_PURE"
+
+
+def _populate_path() -> Literal["compiled", "numpy"]:
+    """Which population loop :func:`build_table` runs now: ``"compiled"`` (``mhd._maglev_fast``)
+    when that module was built and ``MHD_MAGLEV_PURE`` is unset, empty or ``0``; else
+    ``"numpy"``. Both give the same tables; the environment is read at every build, so tests
+    and the benchmark can switch paths in one process."""
+    if _maglev_fast is None or os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return "numpy"
+    return "compiled"
+
+
+def _populate_compiled(
+    offsets: npt.NDArray[np.int64],
+    skips: npt.NDArray[np.int64],
+    turns: npt.NDArray[np.int64],
+    m: int,
+) -> npt.NDArray[np.intp]:
+    """The same table as :func:`_populate_reference`, by the kernel's loop in C."""
+    if _maglev_fast is None:
+        raise RuntimeError("mhd._maglev_fast is not built")
+    out = np.empty(m, dtype=np.int64)
+    _maglev_fast.populate(
+        np.ascontiguousarray(offsets, dtype=np.int64),
+        np.ascontiguousarray(skips, dtype=np.int64),
+        np.ascontiguousarray(turns, dtype=np.int64),
+        m,
+        out,
+    )
+    return out.astype(np.intp, copy=False)
 
 
 def _populate_reference(
