@@ -6,13 +6,15 @@
                                                   FIRST..FIRST+COUNT-1
   udpsend.py SRC DST DPORT FIRST COUNT SECONDS    keep sending from random
                                                   ports of that range for
-                                                  SECONDS (traffic under churn)
+                                                  SECONDS or until SIGTERM
+                                                  (traffic under churn)
 
 IPv6 if DST contains ':'.  Exit status 0 unless a socket call failed for a
 reason other than the network dropping the packet.
 """
 import errno
 import random
+import signal
 import socket
 import sys
 import time
@@ -39,12 +41,15 @@ def main(argv):
     src, dst, dport, first, count = argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5])
     fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
     if len(argv) > 6:
-        end = time.monotonic() + float(argv[6])
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        start = time.monotonic()
+        end = start + float(argv[6])
         sent = 0
-        while time.monotonic() < end:
+        while not stop and time.monotonic() < end:
             send_from(fam, src, dst, dport, first + random.randrange(count))
             sent += 1
-        print("udpsend: %d datagrams in %s s" % (sent, argv[6]))
+        print("udpsend: %d datagrams in %.0f s" % (sent, time.monotonic() - start))
     else:
         for port in range(first, first + count):
             send_from(fam, src, dst, dport, port)

@@ -195,12 +195,13 @@ ip netns exec mh-empty $SEND 10.0.0.2 10.0.0.1 53 30200 50
 delns mh-empty
 
 # ---- 5. churn under traffic ------------------------------------------------------------
-log "5. churn under traffic for ${CHURN_SECONDS}s"
+log "5. churn under traffic: at least 3 rounds and ${CHURN_SECONDS}s"
 mkns mh-churn
 C() { ip netns exec mh-churn ipvsadm "$@" || fail "ipvsadm $*"; }
 C -A "${V4[@]}" -s mh
 for i in 1 2 3 4 5 6 7 8; do C -a "${V4[@]}" -r 10.0.1.$i:53 -m -w $i; done
-ip netns exec mh-churn $SEND 10.0.0.2 10.0.0.1 53 40000 20000 "$CHURN_SECONDS" > "$OUT/churn-send" 2>&1 &
+# the sender runs until the churn loop is done (TERM), 1 h at most
+ip netns exec mh-churn $SEND 10.0.0.2 10.0.0.1 53 40000 20000 3600 > "$OUT/churn-send" 2>&1 &
 SENDER=$!
 # 50 more services x 8 destinations through ipvsadm -R
 for s in $(seq 1 50); do
@@ -208,8 +209,8 @@ for s in $(seq 1 50); do
 	for i in 1 2 3 4 5 6 7 8; do echo "-a -t 10.0.2.$s:80 -r 10.0.1.$i:80 -m -w $((i % 4))"; done
 done > "$OUT/restore"
 for s in $(seq 1 50); do echo "-D -t 10.0.2.$s:80"; done > "$OUT/delete"
-end=$((SECONDS + CHURN_SECONDS - 5)); rounds=0
-while [ $SECONDS -lt $end ]; do
+end=$((SECONDS + CHURN_SECONDS)); rounds=0
+while [ $rounds -lt 3 ] || [ $SECONDS -lt $end ]; do   # >= 3 rounds, >= CHURN_SECONDS
 	rounds=$((rounds + 1))
 	for i in 9 10 11 12; do C -a "${V4[@]}" -r 10.0.1.$i:53 -m -w $((i - 8)); done
 	C -d "${V4[@]}" -r 10.0.1.1:53
@@ -229,6 +230,7 @@ while [ $SECONDS -lt $end ]; do
 	C -A "${V4[@]}" -s mh                 # ... and bring it back
 	for i in 1 2 3 4 5 6 7 8; do C -a "${V4[@]}" -r 10.0.1.$i:53 -m -w $i; done
 done
+kill -TERM $SENDER
 wait $SENDER && ok "sender survived: $(cat "$OUT/churn-send")" || fail "sender: $(cat "$OUT/churn-send")"
 echo "  $rounds churn rounds, $(ip netns exec mh-churn cat /proc/net/ip_vs_conn | tail -n +2 | wc -l) connection entries"
 C -C
