@@ -133,7 +133,9 @@ def log_ops(ops: list[Op], limit: int = 50) -> None:
             log.info("%s", op.describe())
         return
     counts: dict[str, int] = {}
+    debug = log.isEnabledFor(logging.DEBUG)  # describing 17,000 operations costs more than sending them
     for op in ops:
         counts[op.kind] = counts.get(op.kind, 0) + 1
-        log.debug("%s", op.describe())
+        if debug:
+            log.debug("%s", op.describe())
     log.info("%d operations: %s", len(ops), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
