@@ -193,26 +193,19 @@ def _address(family: int, raw: memoryview | None) -> IPAddress:
     return ipaddress.IPv4Address(data[:4].ljust(4, b"\0"))
 
 
+_STATS_FIELDS = tuple(STATS[n] for n in ("CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES"))
+
+
 def _stats(attrs: dict[int, memoryview], stats64: int, stats32: int, conns: tuple[int, int, int]) -> Stats:
+    """Counters from the 64-bit attribute when the kernel sends it (3.18+), else the old one
+    (32-bit connections and packets, 64-bit bytes)."""
     raw = attrs.get(stats64)
     wide = raw is not None
     s = nl.parse_attrs(raw if raw is not None else attrs.get(stats32, memoryview(b"")))
-
-    def number(name: str) -> int:
-        if wide or name in ("INBYTES", "OUTBYTES"):
-            return nl.get_u64(s, STATS[name])
-        return nl.get_u32(s, STATS[name])
-
-    return Stats(
-        active_conns=conns[0],
-        inactive_conns=conns[1],
-        persist_conns=conns[2],
-        conns=number("CONNS"),
-        in_packets=number("INPKTS"),
-        out_packets=number("OUTPKTS"),
-        in_bytes=number("INBYTES"),
-        out_bytes=number("OUTBYTES"),
-    )
+    values = [
+        nl.get_u64(s, kind) if wide or i >= 3 else nl.get_u32(s, kind) for i, kind in enumerate(_STATS_FIELDS)
+    ]
+    return Stats(conns[0], conns[1], conns[2], *values)
 
 
 def decode_service(payload: memoryview) -> Service | None:

@@ -13,7 +13,6 @@ A service's `state` summarises what the operator must look at first, most severe
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,7 +54,7 @@ def flag_names(scheduler: str, flags: int) -> list[str]:
     return names
 
 
-STATS_FIELDS = tuple(f.name for f in dataclasses.fields(Stats))
+STATS_FIELDS = Stats._fields
 
 
 def stats_json(stats: Stats) -> dict[str, int]:
