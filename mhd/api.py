@@ -45,6 +45,8 @@ from .status import find_service, status
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+    from .model import Service
+    from .predict import Model
 
 log = logging.getLogger("mhd.api")
 
@@ -134,6 +136,8 @@ class Api:
         app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
         app.router.add_get("/v1/status", self.get_status)
         app.router.add_get("/v1/services/{name}", self.get_service)
+        app.router.add_get("/v1/services/{name}/table", self.get_table)
+        app.router.add_get("/v1/services/{name}/predict", self.get_predict)
         app.router.add_post("/v1/reload", self.post_reload)
         app.router.add_post("/v1/services/{name}/servers/{server}/disable", self.post_disable)
         app.router.add_post("/v1/services/{name}/servers/{server}/enable", self.post_enable)
@@ -152,6 +156,65 @@ class Api:
         if doc is None:
             raise ApiError(404, f"no service named '{name}' in {self.daemon.config_path}")
         return json_response(doc)
+
+    def _live(self, name: str) -> tuple[Service, Model]:
+        """The service as the kernel holds it now (list order as dumped) and the kernel's model."""
+        from .predict import Model
+
+        config = self.daemon.config
+        svc = config.by_name(name) if config else None
+        if svc is None:
+            raise ApiError(404, f"no service named '{name}' in {self.daemon.config_path}")
+        live = self.daemon.observed.get(svc.key)
+        if live is None:
+            raise ApiError(404, f"service '{name}' ({svc.key}) is not in the kernel")
+        if live.scheduler != "mh":
+            raise ApiError(
+                400, f"service '{name}' uses scheduler {live.scheduler}, not mh: it has no Maglev table"
+            )
+        info = self.daemon.kernel
+        module = config.kernel.module if config else "auto"
+        variant = (
+            module if module in ("intree", "backport") else ((info.mh_variant if info else None) or "intree")
+        )
+        return live, Model(info.mh_tab_index if info else 12, variant)  # type: ignore[arg-type]
+
+    async def get_table(self, request: web.Request) -> web.StreamResponse:
+        """Each server's share of the kernel's Maglev table, computed from the live list order."""
+        from .predict import table
+
+        live, model = self._live(request.match_info["name"])
+        t = await asyncio.to_thread(table, live, model)
+        servers = [
+            {"server": str(d.key), "weight": d.weight, "share": share}
+            for d, share in zip(live.dests, t.slot_shares(), strict=True)
+        ]
+        return json_response(
+            {
+                "service": request.match_info["name"],
+                "table_size": t.size,
+                "variant": model.variant,
+                "servers": servers,
+                "max_mean_ratio": t.max_mean_ratio(),
+            }
+        )
+
+    async def get_predict(self, request: web.Request) -> web.StreamResponse:
+        """Which server each `client` (addr or addr:port, repeatable, up to 10,000) goes to now."""
+        from .predict import parse_client, predict
+
+        live, model = self._live(request.match_info["name"])
+        texts = request.query.getall("client", [])
+        if not texts or len(texts) > 10_000:
+            raise ApiError(400, "give 1 to 10,000 clients as ?client=ADDR[:PORT]&client=...")
+        try:
+            clients = [parse_client(c) for c in texts]
+            picks = await asyncio.to_thread(predict, live, clients, model)
+        except ValueError as exc:
+            raise ApiError(400, f"bad client: {exc}") from None
+        return json_response(
+            [{"client": c, "server": str(p) if p else None} for c, p in zip(texts, picks, strict=True)]
+        )
 
     async def get_openapi(self, request: web.Request) -> web.StreamResponse:
         return json_response(openapi())
@@ -448,6 +511,16 @@ def _schemas() -> dict[str, Any]:
         "Status": _obj({"daemon": _ref("Daemon"), "services": {"type": "array", "items": _ref("Service")}}),
         "Health": _obj({"ok": BOOL, "last_reconcile_age": NUM, "limit": NUM}, ["ok"]),
         "Drain": _obj({"service": STR, "server": STR, "disabled": BOOL}),
+        "Table": _obj(
+            {
+                "service": STR,
+                "table_size": INT,
+                "variant": STR,
+                "servers": {"type": "array", "items": _obj({"server": STR, "weight": INT, "share": NUM})},
+                "max_mean_ratio": NUM,
+            }
+        ),
+        "Predictions": {"type": "array", "items": _obj({"client": STR, "server": _nullable(STR)})},
     }
 
 
@@ -493,6 +566,37 @@ def openapi() -> dict[str, Any]:
                     "operationId": "getService",
                     "parameters": [NAME_PARAM],
                     "responses": {"200": _json("the service", "Service"), "404": ERROR},
+                }
+            },
+            "/v1/services/{name}/table": {
+                "get": {
+                    "summary": "each server's share of the live Maglev table (bit-exact with ip_vs_mh)",
+                    "operationId": "getTable",
+                    "parameters": [NAME_PARAM],
+                    "responses": {"200": _json("the table", "Table"), "400": ERROR, "404": ERROR},
+                }
+            },
+            "/v1/services/{name}/predict": {
+                "get": {
+                    "summary": "which real server each client goes to now",
+                    "operationId": "predict",
+                    "parameters": [
+                        NAME_PARAM,
+                        {
+                            "name": "client",
+                            "in": "query",
+                            "required": True,
+                            "description": "ADDR or ADDR:PORT ([v6]:PORT); repeat for more (up to 10,000)",
+                            "schema": {"type": "array", "items": STR, "minItems": 1, "maxItems": 10000},
+                            "style": "form",
+                            "explode": True,
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("one entry per client", "Predictions"),
+                        "400": ERROR,
+                        "404": ERROR,
+                    },
                 }
             },
             "/v1/reload": {

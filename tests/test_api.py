@@ -479,3 +479,28 @@ def test_fuzz_from_openapi_never_5xx(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
         fuzz()
     assert seen & {200} and seen & {403, 404}
+
+
+@aio
+async def test_table_and_predict_answer_from_the_live_list(tmp_path: Path) -> None:
+    from mhd.predict import Model, predict, shares
+
+    d = make_daemon(tmp_path)
+    live = d.observed[next(k for k in d.observed if str(k) == "tcp:203.0.113.15:80")]
+    async with served(d, trusted=False) as client:
+        doc = await get_json(client, "/v1/services/web/table")
+        assert doc["table_size"] == 4093 and doc["variant"] == "intree"
+        want = shares(live, Model(12, "intree"))
+        assert {s["server"]: s["share"] for s in doc["servers"]} == {str(k): v for k, v in want.items()}
+        clients = ["198.51.100.7:40000", "198.51.100.8:1234", "198.51.100.9"]
+        got = await get_json(client, "/v1/services/web/predict?" + "&".join(f"client={c}" for c in clients))
+        expected = predict(
+            live, [("198.51.100.7", 40000), ("198.51.100.8", 1234), ("198.51.100.9", 0)], Model(12, "intree")
+        )
+        assert [g["server"] for g in got] == [str(e) for e in expected]
+        bad = await get_json(client, "/v1/services/web/predict?client=2001:db8::1", 400)
+        assert "bad client" in bad["error"]
+        none = await get_json(client, "/v1/services/web/predict", 400)
+        assert "client=" in none["error"]
+        gone = await get_json(client, "/v1/services/empty/table", 404)
+        assert "not in the kernel" in gone["error"]
