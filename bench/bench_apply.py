@@ -129,7 +129,7 @@ def daemon_rss(ns: str, cfg: Path, state: Path) -> tuple[float, float]:
         return ready, hwm
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        proc.wait(600)
 
 
 def main() -> int:

@@ -85,6 +85,7 @@ class Daemon:
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self._reload_requested = False
         self._pending: set[ServiceKey] = set()
+        self._main: asyncio.Task[Any] | None = None
         self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
 
     # --- config ----------------------------------------------------------------------------------
@@ -262,8 +263,15 @@ class Daemon:
             await asyncio.sleep(every)
 
     def stop(self) -> None:
+        """SIGTERM/SIGINT: stop now, even in the middle of a pass over 16,000 destinations.
+
+        Cancelling a pass is safe: the kernel keeps whatever it was given, and the next start (or
+        any `mhctl apply`) plans against a fresh dump and finishes the job.
+        """
         self._stop.set()
         self._wake.set()
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
 
     def set_disabled(self, service: str, server: str, disabled: bool) -> str:
         """Drain (or undrain) a server: persisted in the state dir, applied by the next pass (now).
@@ -334,7 +342,9 @@ class Daemon:
             every = sdnotify.watchdog_interval()
             if every:
                 tasks.append(asyncio.create_task(self._watchdog(every)))
-            await self.main_loop()
+            self._main = asyncio.create_task(self.main_loop())
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
         finally:
             sdnotify.notify("STOPPING=1")
             for task in tasks:

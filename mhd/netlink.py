@@ -43,6 +43,7 @@ GENLMSGHDR = struct.Struct("=BBH")  # command, version, reserved
 NLATTR = struct.Struct("=HH")  # length, type
 WINDOW = 256  # requests in flight; their acks must fit the receive buffer
 BUFFER = 8 << 20
+RECV_SIZE = 64 << 10
 
 
 # --- attribute codec ------------------------------------------------------------------------------
@@ -179,6 +180,8 @@ class GenlSocket:
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(SOL_NETLINK, option, 1)
         self.seq = 0
+        # Dump datagrams are at most 32 KiB (the kernel sizes them by the reader's buffer, capped).
+        self._buffer = bytearray(RECV_SIZE)
         self.lock = asyncio.Lock()
         self.writes = 0  # requests that changed (or tried to change) kernel state
 
@@ -193,9 +196,19 @@ class GenlSocket:
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(self.sock, data)
 
-    async def _recv(self) -> bytes:
+    async def _recv(self) -> list[bytes]:
+        """Every datagram waiting (at least one): an ack is a datagram of its own, so a window of
+        256 writes brings 256 of them, read here without going back to the event loop each time."""
         loop = asyncio.get_running_loop()
-        return await loop.sock_recv(self.sock, 1 << 20)
+        view = memoryview(self._buffer)
+        size = await loop.sock_recv_into(self.sock, self._buffer)
+        out = [bytes(view[:size])]
+        while True:
+            try:
+                size = self.sock.recv_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return out
+            out.append(bytes(view[:size]))
 
     async def family_id(self, name: str) -> int:
         """The numeric id of a generic netlink family; ENOENT when the module is not loaded."""
@@ -218,18 +231,18 @@ class GenlSocket:
             await self._send(genl_message(family, cmd, flags, seq, payload))
             out: list[memoryview] = []
             while True:
-                data = await self._recv()
-                for kind, _flags, mseq, body in messages(data):
-                    if mseq != seq:
-                        continue
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        error = _parse_error(body)
-                        if error is not None:
-                            raise error
-                        return out  # the ack of a non-dump request
-                    out.append(body)
+                for data in await self._recv():
+                    for kind, _flags, mseq, body in messages(data):
+                        if mseq != seq:
+                            continue
+                        if kind == NLMSG_DONE:
+                            return out
+                        if kind == NLMSG_ERROR:
+                            error = _parse_error(body)
+                            if error is not None:
+                                raise error
+                            return out  # the ack of a non-dump request
+                        out.append(body)
 
     async def transact(self, family: int, requests: list[tuple[int, bytes]]) -> list[NetlinkError | None]:
         """Send (cmd, payload) write requests in windows; return each one's error or None, in order.
@@ -252,7 +265,8 @@ class GenlSocket:
                 self.writes += len(window)
                 await self._send(data)
                 while seqs:
-                    for kind, _flags, seq, body in messages(await self._recv()):
-                        if kind == NLMSG_ERROR and seq in seqs:
-                            results[seqs.pop(seq)] = _parse_error(body)
+                    for data in await self._recv():
+                        for kind, _flags, seq, body in messages(data):
+                            if kind == NLMSG_ERROR and seq in seqs:
+                                results[seqs.pop(seq)] = _parse_error(body)
         return results
