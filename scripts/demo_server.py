@@ -35,6 +35,9 @@ class Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
         super().__init__((address, port), Handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Health checkers close with a reset once they have the status line: not an error."""
+
 
 def serve_http(address: str, port: int, tls: tuple[str, str] | None) -> None:
     server = Server(address, port)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-START_TIMEOUT = 240.0  # Python start-up under TCG takes tens of seconds
+START_TIMEOUT = 600.0  # Python start-up under TCG on a loaded 2-core host can take minutes
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
