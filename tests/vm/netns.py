@@ -738,18 +738,36 @@ def conn_map(ns: str, *, proto: str | None = "UDP", vaddr: str | None = None,
     return out
 
 
-def udp_flow_map(client: str, director: str, flows: Sequence[Flow], vip: str, vport: int
-                 ) -> dict[Flow, tuple[str, int]]:
+def softnet_drops() -> int:
+    """Packets the kernel dropped because a CPU's input backlog was full (all CPUs, all
+    namespaces: /proc/net/softnet_stat, second column)."""
+    with open("/proc/net/softnet_stat") as f:
+        return sum(int(line.split()[1], 16) for line in f if line.strip())
+
+
+def udp_flow_map(client: str, director: str, flows: Sequence[Flow], vip: str, vport: int,
+                 *, retries: int = 2) -> dict[Flow, tuple[str, int]]:
     """Send one datagram per flow from `client` to vip:vport and return, for the flows sent,
     the real server IPVS in `director` chose: {flow: (rs addr, rs port)}.
 
     A flow absent from the result got no connection entry (no service, no destination, ...).
     A flow that already had an entry keeps its old mapping: IPVS schedules only new
-    connections.  Use fresh flows (`make_flows(start=...)`) or `expire_udp_conns` first."""
-    send_udp_flows(client, flows, vip, vport)
-    seen = conn_map(director, proto="UDP", vaddr=vip, vport=vport)
+    connections.  Use fresh flows (`make_flows(start=...)`) or `expire_udp_conns` first.
+
+    Flows without an entry are sent again, up to `retries` times: on a loaded TCG guest a
+    datagram now and then is dropped before IPVS sees it (input backlog full, see
+    `softnet_drops`).  Resending is harmless: the scheduler's answer for a flow depends only
+    on the flow and the current table."""
     wanted = {(str(ipaddress.ip_address(a)), p) for a, p in flows}
-    return {f: rs for f, rs in seen.items() if f in wanted}
+    todo: Sequence[Flow] = flows
+    for attempt in range(retries + 1):
+        send_udp_flows(client, todo, vip, vport)
+        seen = conn_map(director, proto="UDP", vaddr=vip, vport=vport)
+        result = {f: rs for f, rs in seen.items() if f in wanted}
+        if len(result) == len(wanted) or attempt == retries:
+            return result
+        todo = sorted(wanted - result.keys())
+    return result
 
 
 def expire_udp_conns(client: str, director: str, flows: Sequence[Flow], vip: str, vport: int,

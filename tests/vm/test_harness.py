@@ -189,6 +189,7 @@ def test_20000_udp_flows_each_mapped_to_a_destination(
     _mh_service(t.director, t.vip, 53, dests)
     flows = t.flows(20000)
 
+    drops = nsh.softnet_drops()
     t0 = time.monotonic()
     sent = nsh.send_udp_flows(t.client, flows, t.vip, 53)
     t1 = time.monotonic()
@@ -203,6 +204,7 @@ def test_20000_udp_flows_each_mapped_to_a_destination(
            f" parse {t3 - t2:.1f}s, conn_map (read+parse+filter) {t4 - t3:.1f}s")
 
     assert sent == 20000
+    assert nsh.softnet_drops() == drops, "datagrams dropped in the input backlog"
     assert len(seen) == 20000
     assert set(seen) == set(flows)
     assert {rs for rs in seen.values()} == {(d, 53) for d in dests}
