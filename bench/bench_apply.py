@@ -169,10 +169,12 @@ def main() -> int:
     _ready, rss = daemon_rss(mine, cfg, work / "state")
 
     ratio = cold_s / ref_s
+    inproc = stages["load"] + stages["reconcile"]
     inc_ratio = inc_s / cold_s
     results = [
-        ("cold apply / ipvsadm -R", f"{ratio:.2f}x", ratio <= 1.5),
-        ("incremental / cold apply", f"{inc_ratio:.1%}", inc_ratio <= 0.01),
+        ("cold apply, in-process / ipvsadm -R", f"{inproc / ref_s:.2f}x", inproc / ref_s <= 1.5),
+        ("cold apply, whole command incl. Python start-up / ipvsadm -R", f"{ratio:.2f}x", ratio <= 1.5),
+        ("incremental mhctl apply (full dump) / cold apply", f"{inc_ratio:.1%}", inc_ratio <= 0.01),
         ("daemon peak RSS", f"{rss:.0f} MB", rss <= 150),
         ("same rules as ipvsadm -R", str(same), same),
     ]
