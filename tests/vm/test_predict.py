@@ -68,21 +68,7 @@ CASES = {
 }
 
 
-KNOWN_BUGS = {
-    # Seen twice on Linux 6.12 (TCG): 54 of 20,000 IPv6 flows land elsewhere than predicted, always
-    # the same count; the IPv4 cases and the CLI path match flow for flow. Under investigation
-    # (issue 5 note): strict, so the marker must go as soon as the model is fixed.
-    "ipv6-mh-port": "IPv6: 54 of 20,000 flows differ from the prediction (open bug, issue 5)",
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c])) if c in KNOWN_BUGS else c
-        for c in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_kernel_choice_equals_prediction(topology: nsh.Topology, case: str, report) -> None:
     t = topology
     v6, weight_by_index, flags, many = CASES[case]
