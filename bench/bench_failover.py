@@ -51,7 +51,12 @@ def serve(s):
         finally: c.close()
 def down(*_):
     with lock:
-        if state["sock"]: state["sock"].close(); state["sock"] = None
+        if state["sock"]:
+            # shutdown() first: a thread blocked in accept() would otherwise keep the socket
+            # listening and answer one more probe after the "death"
+            try: state["sock"].shutdown(socket.SHUT_RDWR)
+            except OSError: pass
+            state["sock"].close(); state["sock"] = None
 def up(*_):
     with lock:
         if state["sock"] is None: listen()
