@@ -141,6 +141,18 @@ class Prober:
             if target not in self._where:
                 self._add(target, bool(in_kernel and in_kernel(target)))
 
+    def update_targets(
+        self, removed: Iterable[Target], added: Iterable[Target], *, in_kernel: Callable[[Target], bool]
+    ) -> None:
+        """`set_targets` for a known difference: a reload that touched one service of 1,000 costs
+        what that service costs, not a pass over every target."""
+        for target in removed:
+            if target in self._where:
+                self._remove(target)
+        for target in added:
+            if target not in self._where:
+                self._add(target, in_kernel(target))
+
     def _add(self, target: Target, in_kernel: bool) -> None:
         key = check_key(target)
         check = self._checks.get(key)
