@@ -15,7 +15,8 @@ import re
 import shlex
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,7 +74,6 @@ class ServerConfig:
     weight: int
     forward: int
     check: CheckSpec
-    line: int = field(default=0, compare=False)
 
     @property
     def key(self) -> DestKey:
@@ -92,7 +92,6 @@ class ServiceConfig:
     servers: tuple[ServerConfig, ...]
     check: CheckSpec
     min_healthy: MinHealthy = MinHealthy()
-    line: int = field(default=0, compare=False)
 
     def service(self, members: set[DestKey] | None = None) -> Service:
         """The kernel service with `members` (default: every configured server) as destinations."""
@@ -163,13 +162,18 @@ def load(path: str | Path, mh_slots: int | None = None) -> Config:
 
 def loads(text: str, file: str = "<config>", mh_slots: int | None = None, sha256: str = "") -> Config:
     """Validate config text; `mh_slots` is the running kernel's MH table size (default 4093)."""
-    root = parse(text, file)
+    return validate(parse(text, file), file, mh_slots, sha256 or hashlib.sha256(text.encode()).hexdigest())[0]
+
+
+def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, _Validator]:
+    """The config of a parsed file, and the validator that holds what services inherit (defaults,
+    default check, MH slots): `mhd.config_reload` validates edited services against it alone."""
     v = _Validator(file, mh_slots)
-    config = v.config(root, sha256 or hashlib.sha256(text.encode()).hexdigest())
+    config = v.config(root, sha256)
     if v.problems:
         raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
     assert config is not None
-    return config
+    return config, v
 
 
 # --- validation -------------------------------------------------------------------------------------
@@ -230,6 +234,7 @@ class _Validator:
         self.mh_slots = mh_slots
         self.problems: list[Problem] = []
         self.default_check = CheckSpec()
+        self.defaults: dict[str, Located] = {}
         self.identities: list[tuple[str | None, ServiceKey | None, Located]] = []
 
     # helpers ------------------------------------------------------------------------------------
@@ -307,6 +312,7 @@ class _Validator:
         if top is None:
             return None
         defaults = self.mapping(top["defaults"], DEFAULT_KEYS, "defaults") if "defaults" in top else {}
+        self.defaults = defaults or {}
         if defaults and "check" in defaults:
             self.default_check = self.check(defaults["check"], CheckSpec())
         interval = (
@@ -419,7 +425,7 @@ class _Validator:
         servers = self.servers(m.get("servers"), node, key, forward, check)
         if len(self.problems) > start or key is None or name is None:
             return None
-        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy, node.line)
+        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy)
 
     def service_name(self, node: Located, m: dict[str, Located]) -> str | None:
         if "name" not in m:
@@ -528,7 +534,7 @@ class _Validator:
             if parsed is None:
                 self.error(node, f"server {node.value!r} is not address, address:port or [v6address]:port")
                 return None
-            return ServerConfig(parsed[0], parsed[1], 1, forward, check, node.line)
+            return ServerConfig(parsed[0], parsed[1], 1, forward, check)
         m = self.mapping(node, SERVER_KEYS, "a server")
         if m is None:
             return None
@@ -558,7 +564,7 @@ class _Validator:
             check = self.check(m["check"], check)
         if len(self.problems) > start or addr is None or port is None:
             return None
-        return ServerConfig(addr, port, weight, forward, check, node.line)
+        return ServerConfig(addr, port, weight, forward, check)
 
     # checks -------------------------------------------------------------------------------------
     def check(self, node: Located | None, base: CheckSpec) -> CheckSpec:
@@ -571,7 +577,7 @@ class _Validator:
         start = len(self.problems)
         fields: dict[str, Any] = {}
         for key, item in m.items():
-            parser = self._check_fields().get(key)
+            parser = self._check_fields.get(key)
             if parser is not None:
                 value = parser(item)
                 if value is not None:
@@ -588,7 +594,9 @@ class _Validator:
             self.error(node, 'an exec check needs command: ["/path/to/script", "arg"]')
         return spec
 
+    @cached_property
     def _check_fields(self) -> dict[str, Callable[[Located], Any]]:
+        """Built once per validator: a file has a check block per service, often per server."""
         def regex(what: str) -> Callable[[Located], Any]:
             def parse_regex(n: Located) -> Any:
                 text = self.typed(n, str, what)

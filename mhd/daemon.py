@@ -18,13 +18,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, kernel, sdnotify
 from .checkers import CheckResult
-from .config import DEFAULT_CONFIGS, Config, ServiceConfig, find_config, load
+from .config import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
+from .config_reload import ConfigReloader
 from .health import Health, Transition
 from .ipvs import IpvsClient
 from .model import DestKey, Service, ServiceKey, mh_table_size
@@ -48,11 +49,11 @@ class ReloadResult:
         return {"ok": self.ok, "at": self.at, "errors": self.errors, "sha256": self.sha256}
 
 
-def targets(config: Config) -> dict[tuple[str, DestKey], Target]:
+def targets(services: Iterable[ServiceConfig]) -> dict[tuple[str, DestKey], Target]:
     """One health target per (service, server), with the server's merged check."""
     return {
         (svc.name, s.key): Target(svc.name, str(s.address), s.port, s.check)
-        for svc in config.services
+        for svc in services
         for s in svc.servers
     }
 
@@ -86,24 +87,41 @@ class Daemon:
         self._reload_requested = False
         self._pending: set[ServiceKey] = set()
         self._main: asyncio.Task[Any] | None = None
+        self._reloader = ConfigReloader()
         self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
 
     # --- config ----------------------------------------------------------------------------------
     def _load(self) -> Config:
         info = self.kernel or kernel.info()
-        return load(self.config_path, mh_slots=mh_table_size(info.mh_tab_index))
+        self._reloader.mh_slots = mh_table_size(info.mh_tab_index)
+        return self._reloader.load(self.config_path)
 
-    def _adopt(self, config: Config) -> None:
-        """Make `config` the running one: new targets start, unchanged ones keep their health."""
+    def _adopt(
+        self, config: Config, replaced: tuple[list[ServiceConfig], list[ServiceConfig]] | None = None
+    ) -> None:
+        """Make `config` the running one: new targets start, unchanged ones keep their health.
+
+        With `replaced` (a reload: the services that left and those that came, see
+        `replaced_services`), only their targets are looked at, so the cost follows the edit
+        rather than the number of servers."""
         self.config = config
         self.loaded_at = time.time()
-        self.targets = targets(config)
-        in_kernel: set[tuple[str, DestKey]] = set()
-        for svc in config.services:
+        if replaced is None:
+            scope: Iterable[ServiceConfig] = config.services
+            fresh = targets(scope)
+            stale, self.targets = self.targets, fresh
+        else:
+            scope = replaced[1]
+            fresh = targets(scope)
+            stale = {k: t for k in targets(replaced[0]) if (t := self.targets.pop(k, None)) is not None}
+            self.targets.update(fresh)
+        removed = [t for k, t in stale.items() if fresh.get(k) != t]
+        in_kernel: set[Target] = set()
+        for svc in scope:
             seen = self.observed.get(svc.key)
-            in_kernel |= {(svc.name, d.key) for d in (seen.dests if seen else ())}
-        inverse = {t: k for k, t in self.targets.items()}
-        self.prober.set_targets(self.targets.values(), in_kernel=lambda t: inverse[t] in in_kernel)
+            live = {d.key for d in seen.dests} if seen else set()
+            in_kernel |= {fresh[(svc.name, s.key)] for s in svc.servers if s.key in live}
+        self.prober.update_targets(removed, fresh.values(), in_kernel=in_kernel.__contains__)
 
     def healthy(self, service: str, server: DestKey) -> bool:
         target = self.targets.get((service, server))
@@ -153,14 +171,14 @@ class Daemon:
                 log.warning(
                     "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
                 )
-            changed = changed_services(self.config, config)
-            self._adopt(config)
+            replaced = replaced_services(self.config, config)
+            changed = changed_services(self.config, config, replaced)
+            self._adopt(config, replaced)
             self._pending |= changed
             log.info("reloaded %s: %d services changed", self.config_path, len(changed))
             result = ReloadResult(True, time.time(), [], config.sha256)
         self.last_reload = result
         self.reload_counts["ok" if result.ok else "error"] += 1
-        sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
         return result
 
     # --- reconcile -------------------------------------------------------------------------------
@@ -248,6 +266,8 @@ class Daemon:
             elif self._pending:
                 only, self._pending = self._pending, set()
                 await self.reconcile_once(only)
+            if result is not None:  # the reload's changes are in the kernel now (or it was rejected)
+                sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
             for w in waiters:
                 if result is not None and not w.done():
                     w.set_result(result)
@@ -358,10 +378,22 @@ class Daemon:
         return 0
 
 
-def changed_services(old: Config, new: Config) -> set[ServiceKey]:
+def replaced_services(old: Config, new: Config) -> tuple[list[ServiceConfig], list[ServiceConfig]]:
+    """The services of `old` that `new` does not hold as the very same object, and the new ones.
+
+    An incremental load (`mhd.config_reload`) reuses every service it did not re-read, so this is
+    the edit, found without hashing 1,000 keys; after a full load it is every service."""
+    kept = {id(s) for s in old.services} & {id(s) for s in new.services}
+    return [s for s in old.services if id(s) not in kept], [s for s in new.services if id(s) not in kept]
+
+
+def changed_services(
+    old: Config, new: Config, replaced: tuple[list[ServiceConfig], list[ServiceConfig]] | None = None
+) -> set[ServiceKey]:
     """Keys of the services a reload adds, removes or changes: what a scoped pass must look at."""
-    before = {s.key: s for s in old.services}
-    after = {s.key: s for s in new.services}
+    gone, came = replaced or replaced_services(old, new)
+    before = {s.key: s for s in gone}
+    after = {s.key: s for s in came}
     return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 

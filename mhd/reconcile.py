@@ -54,11 +54,17 @@ def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> M
 
 
 def desired_state(
-    config: Config, healthy: HealthView, disabled: Mapping[str, set[str]]
+    config: Config,
+    healthy: HealthView,
+    disabled: Mapping[str, set[str]],
+    only: set[ServiceKey] | None = None,
 ) -> tuple[dict[ServiceKey, Desired], dict[str, Membership]]:
+    """What IPVS should hold for every configured service, or for the `only` ones."""
     desired: dict[ServiceKey, Desired] = {}
     members: dict[str, Membership] = {}
     for svc in config.services:
+        if only is not None and svc.key not in only:
+            continue
         m = membership(svc, healthy, disabled.get(svc.name, set()))
         members[svc.name] = m
         desired[svc.key] = Desired(svc.name, svc.service(set(m.members)))
@@ -98,7 +104,7 @@ async def reconcile(
     Ownership is recorded *before* writing, so a crash half-way still knows which services are mhd's;
     services deleted because they left the config are forgotten only after the kernel confirmed.
     """
-    desired, members = desired_state(config, healthy, state.disabled())
+    desired, members = desired_state(config, healthy, state.disabled(), only)
     all_owned = owned = state.owned()
     if only is None:
         observed = await client.services()
@@ -108,7 +114,6 @@ async def reconcile(
             svc = await client.service(key)
             if svc is not None:
                 observed[key] = svc
-        desired = {k: v for k, v in desired.items() if k in only}
         owned = owned & only
     ops = plan(desired, observed, owned)
     foreign = unmanaged(desired, observed, owned)

@@ -45,6 +45,7 @@ class StateDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._owned: frozenset[ServiceKey] | None = None
 
     def lock(self) -> None:
         """Take the state dir for this process, or fail naming the other one."""
@@ -70,6 +71,7 @@ class StateDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+            self._owned = None
 
     def _read(self, name: str, default: Any) -> Any:
         try:
@@ -90,11 +92,19 @@ class StateDir:
         os.replace(tmp, self.path / name)
 
     def owned(self) -> set[ServiceKey]:
-        return {key_from_json(item) for item in self._read("owned.json", [])}
+        """Read from the file, or from memory while we hold the lock: then nobody else writes the
+        file, and a pass touching one service of 1,000 need not decode 1,000 keys three times."""
+        if self._owned is not None and self._lock_fd is not None:
+            return set(self._owned)
+        owned = {key_from_json(item) for item in self._read("owned.json", [])}
+        if self._lock_fd is not None:
+            self._owned = frozenset(owned)
+        return owned
 
     def set_owned(self, keys: set[ServiceKey]) -> None:
         if keys != self.owned():
             self._write("owned.json", sorted((key_to_json(k) for k in keys), key=json.dumps))
+            self._owned = frozenset(keys) if self._lock_fd is not None else None
 
     def disabled(self) -> dict[str, set[str]]:
         """service name -> servers (as `addr:port`) an operator disabled."""

@@ -7,7 +7,9 @@ the marks; this module keeps them instead of throwing them away as `safe_load` d
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,21 +114,31 @@ def _implicit_tag(value: str) -> str:
     return _STR
 
 
-def parse(text: str, file: str) -> Located:
-    """Parse YAML text into a `Located` tree; a syntax error becomes a ConfigError with its position."""
-    # Tens of thousands of small objects and no cycles: the collector would only rescan them.
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Tens of thousands of small objects and no cycles: the collector would only rescan them."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _parse(text, file)
+        yield
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _parse(text: str, file: str) -> Located:
+def parse(text: str, file: str) -> Located:
+    """Parse YAML text into a `Located` tree; a syntax error becomes a ConfigError with its position."""
+    with gc_paused():
+        node = compose(text, file)
+        return Located({}, 1, 1) if node is None else locate(node, "", file)
+
+
+def compose(text: str, file: str) -> yaml.Node | None:
+    """The raw node tree (None for an empty document); a syntax error becomes a ConfigError.
+
+    Callers that need marks the `Located` tree drops (end lines, flow style) read them here."""
     try:
-        node = yaml.compose(text, Loader=_Loader)  # type: ignore[arg-type]
+        return yaml.compose(text, Loader=_Loader)  # type: ignore[arg-type]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -134,10 +146,12 @@ def _parse(text: str, file: str) -> Located:
         raise ConfigError([Problem(file, line, col, "", msg)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
-    if node is None:
-        return Located({}, 1, 1)
+
+
+def locate(node: yaml.Node, path: str, file: str) -> Located:
+    """A composed node as a `Located` tree whose key paths start at `path`."""
     problems: list[Problem] = []
-    tree = _convert(node, "", file, problems)
+    tree = _convert(node, path, file, problems)
     if problems:
         raise ConfigError(problems)
     return tree

@@ -1,0 +1,194 @@
+"""Incremental reloads: whatever the edit, `ConfigReloader.load` equals a full `load`, and the common
+edits (a weight, a server, a service) take the shortcut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mhd.config import Config, load
+from mhd.config_reload import ConfigReloader
+from mhd.yamlsource import ConfigError
+
+
+def service_block(i: int, servers: int, *, column: int = 2, weight: int = 1, check: bool = False) -> list[str]:
+    pad = " " * column
+    lines = [f"{pad}- name: s{i}", f"{pad}  address: 10.1.{i // 250}.{i % 250 + 1}", f"{pad}  port: 80"]
+    if check:
+        lines += [f"{pad}  check:", f"{pad}    type: tcp", f"{pad}    interval: 2s"]
+    lines.append(f"{pad}  servers:")
+    lines += [f"{pad}    - {{address: 10.2.{i}.{j + 1}, weight: {weight + j}}}" for j in range(servers)]
+    return lines
+
+
+def document(services: int = 4, servers: int = 3, *, column: int = 2, defaults_after: bool = False) -> list[str]:
+    top = ["reconcile-interval: 5s", "# the services", "services:"]
+    body: list[str] = []
+    for i in range(services):
+        body += service_block(i, servers, column=column, check=i % 2 == 1)
+        if i == 1:
+            body.append("  # a comment between services")
+    defaults = ["defaults:", "  check: {type: none, rise: 3}", "  mh-port: true"]
+    return (top + body + defaults) if defaults_after else (defaults + top + body)
+
+
+def outcome(loader: object, path: Path) -> Config | list[str]:
+    try:
+        return loader.load(path) if isinstance(loader, ConfigReloader) else load(path)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+
+
+def write(path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n")
+
+
+# Edits an operator makes, and a few that must not fool the shortcut.
+EDIT_LINES = [
+    "    - {address: 10.9.9.9, weight: 7}",
+    "      - {address: 10.9.9.9, weight: 7}",
+    "      - {address: 10.9.9.9, weight: 0}",
+    "      - 10.9.9.8:80",
+    "  - name: added",
+    "    address: 10.7.7.7",
+    "    port: 80",
+    "    servers: [10.8.8.8]",
+    "  - name: s0",
+    "    weight: 2",
+    "  bogus: 1",
+    "defaults:",
+    "- name: x",
+    "---",
+    "    check: *ref",
+    "    check: &ref {type: tcp}",
+    "\tservers:",
+    "  # only a comment",
+    "",
+    "    mh-port: false",
+    "    scheduler: wrr",
+    "      - {address: 10.2.0.1}",
+    "   - name: odd",
+    "    servers:",
+    "    address: 10.1.0.1",
+]
+
+
+@st.composite
+def edits(draw: st.DrawFn, size: int) -> list[tuple[str, int, str]]:
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["replace", "insert", "delete", "weight"]))
+        out.append((kind, draw(st.integers(0, size + 8)), draw(st.sampled_from(EDIT_LINES))))
+    return out
+
+
+def apply_edit(lines: list[str], kind: str, at: int, text: str) -> list[str]:
+    at = min(at, len(lines))
+    if kind == "insert":
+        return [*lines[:at], text, *lines[at:]]
+    if kind == "delete" or at == len(lines):
+        return lines[:at] + lines[at + 1 :]
+    if kind == "weight":
+        return [line.replace("weight: ", "weight: 1", 1) if n == at else line for n, line in enumerate(lines)]
+    return [*lines[:at], text, *lines[at + 1:]]
+
+
+@settings(max_examples=300)
+@given(
+    layout=st.sampled_from([{}, {"defaults_after": True}, {"column": 0}]),
+    rounds=st.lists(edits(40), min_size=1, max_size=4),
+)
+def test_any_edit_loads_exactly_as_a_full_load(tmp_path_factory: pytest.TempPathFactory, layout: dict, rounds) -> None:
+    path = tmp_path_factory.mktemp("cfg") / "mhd.yaml"
+    lines = document(**layout)
+    write(path, lines)
+    reloader = ConfigReloader()
+    assert outcome(reloader, path) == outcome(None, path)
+    for round_ in rounds:
+        for kind, at, text in round_:
+            lines = apply_edit(lines, kind, at, text)
+        write(path, lines)
+        assert outcome(reloader, path) == outcome(None, path), "\n".join(lines)
+
+
+@pytest.mark.parametrize("layout", [{}, {"defaults_after": True}, {"column": 0}])
+def test_common_edits_take_the_shortcut(tmp_path: Path, layout: dict) -> None:
+    path = tmp_path / "mhd.yaml"
+    lines = document(services=6, **layout)
+    write(path, lines)
+    reloader = ConfigReloader()
+    reloader.load(path)
+    pad = " " * layout.get("column", 2)
+    steps = [
+        ("a weight", lambda ls: [ls_.replace("10.2.3.2, weight: 2", "10.2.3.2, weight: 9") for ls_ in ls]),
+        ("a server added", lambda ls: [*ls[:ls.index(f"{pad}- name: s2") + 5], f"{pad}    - 10.2.2.77", *ls[ls.index(f"{pad}- name: s2") + 5:]]),
+        ("a server removed", lambda ls: [x for x in ls if "10.2.4.1," not in x]),
+        ("a service added", lambda ls: ls[: ls.index(f"{pad}- name: s3")] + service_block(40, 2, column=len(pad))
+         + ls[ls.index(f"{pad}- name: s3") :]),
+        ("a service removed", lambda ls: ls[: ls.index(f"{pad}- name: s1")] + ls[ls.index(f"{pad}- name: s2") :]),
+        ("nothing", lambda ls: ls),
+    ]  # fmt: skip
+    for n, (what, change) in enumerate(steps, 1):
+        lines = change(lines)
+        write(path, lines)
+        assert reloader.load(path) == load(path), what
+        assert reloader.incremental_loads == n, what
+
+
+def test_the_shortcut_re_reads_only_the_changed_service(tmp_path: Path) -> None:
+    path = tmp_path / "mhd.yaml"
+    write(path, document(services=50, servers=16))
+    reloader = ConfigReloader()
+    before = reloader.load(path)
+    write(path, [x.replace("10.2.20.5, weight: 5", "10.2.20.5, weight: 6") for x in document(services=50, servers=16)])
+    after = reloader.load(path)
+    assert reloader.incremental_loads == 1
+    changed = [i for i, (a, b) in enumerate(zip(before.services, after.services, strict=True)) if a is not b]
+    assert changed == [20]
+    assert after.services[20].servers[4].weight == 6 and after.sha256 != before.sha256
+
+
+def test_errors_from_an_edit_name_the_right_line(tmp_path: Path) -> None:
+    path = tmp_path / "mhd.yaml"
+    lines = document(services=5)
+    write(path, lines)
+    reloader = ConfigReloader()
+    reloader.load(path)
+    at = next(n for n, line in enumerate(lines) if "10.2.3.1, weight: 1" in line)
+    lines[at] = lines[at].replace("weight: 1", "weight: 0")
+    write(path, lines)
+    with pytest.raises(ConfigError) as info:
+        reloader.load(path)
+    assert [p.line for p in info.value.problems] == [at + 1]
+    assert "services[3].servers[0].weight" in str(info.value)
+
+
+def test_a_duplicate_name_from_an_edit_is_reported_with_both_places(tmp_path: Path) -> None:
+    path = tmp_path / "mhd.yaml"
+    lines = document(services=5)
+    write(path, lines)
+    reloader = ConfigReloader()
+    reloader.load(path)
+    write(path, [x.replace("- name: s4", "- name: s1") for x in lines])
+    with pytest.raises(ConfigError) as info:
+        reloader.load(path)
+    assert "service name 's1' is used twice" in str(info.value)
+    write(path, lines)  # back to the good file: loads again, by the full path (no snapshot of a bad file)
+    assert reloader.load(path) == load(path)
+
+
+def test_anchors_disable_the_shortcut(tmp_path: Path) -> None:
+    path = tmp_path / "mhd.yaml"
+    lines = document(services=3)
+    lines[lines.index("  - name: s0") + 2] += "\n    check: &c {type: tcp}"
+    lines[lines.index("  - name: s2") + 2] += "\n    check: *c"
+    write(path, lines)
+    reloader = ConfigReloader()
+    reloader.load(path)
+    write(path, [x.replace("&c {type: tcp}", "&c {type: tcp, rise: 5}") for x in lines])
+    config = reloader.load(path)
+    assert reloader.incremental_loads == 0
+    assert config.services[2].check.rise == 5  # the alias followed its anchor
