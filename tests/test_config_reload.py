@@ -46,6 +46,14 @@ def write(path: Path, lines: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def loaded(tmp_path: Path, lines: list[str]) -> tuple[Path, ConfigReloader, Config]:
+    """A file with `lines`, and a reloader that has loaded it once (its snapshot)."""
+    path = tmp_path / "mhd.yaml"
+    write(path, lines)
+    reloader = ConfigReloader()
+    return path, reloader, reloader.load(path)
+
+
 # Edits an operator makes, and a few that must not fool the shortcut.
 EDIT_LINES = [
     "    - {address: 10.9.9.9, weight: 7}",
@@ -116,11 +124,8 @@ def test_any_edit_loads_exactly_as_a_full_load(tmp_path_factory: pytest.TempPath
 
 @pytest.mark.parametrize("layout", [{}, {"defaults_after": True}, {"column": 0}])
 def test_common_edits_take_the_shortcut(tmp_path: Path, layout: dict) -> None:
-    path = tmp_path / "mhd.yaml"
     lines = document(services=6, **layout)
-    write(path, lines)
-    reloader = ConfigReloader()
-    reloader.load(path)
+    path, reloader, _ = loaded(tmp_path, lines)
     pad = " " * layout.get("column", 2)
     steps = [
         ("a weight", lambda ls: [ls_.replace("10.2.3.2, weight: 2", "10.2.3.2, weight: 9") for ls_ in ls]),
@@ -139,10 +144,7 @@ def test_common_edits_take_the_shortcut(tmp_path: Path, layout: dict) -> None:
 
 
 def test_the_shortcut_re_reads_only_the_changed_service(tmp_path: Path) -> None:
-    path = tmp_path / "mhd.yaml"
-    write(path, document(services=50, servers=16))
-    reloader = ConfigReloader()
-    before = reloader.load(path)
+    path, reloader, before = loaded(tmp_path, document(services=50, servers=16))
     write(path, [x.replace("10.2.20.5, weight: 5", "10.2.20.5, weight: 6") for x in document(services=50, servers=16)])
     after = reloader.load(path)
     assert reloader.incremental_loads == 1
@@ -152,11 +154,8 @@ def test_the_shortcut_re_reads_only_the_changed_service(tmp_path: Path) -> None:
 
 
 def test_errors_from_an_edit_name_the_right_line(tmp_path: Path) -> None:
-    path = tmp_path / "mhd.yaml"
     lines = document(services=5)
-    write(path, lines)
-    reloader = ConfigReloader()
-    reloader.load(path)
+    path, reloader, _ = loaded(tmp_path, lines)
     at = next(n for n, line in enumerate(lines) if "10.2.3.1, weight: 1" in line)
     lines[at] = lines[at].replace("weight: 1", "weight: 0")
     write(path, lines)
@@ -167,11 +166,8 @@ def test_errors_from_an_edit_name_the_right_line(tmp_path: Path) -> None:
 
 
 def test_a_duplicate_name_from_an_edit_is_reported_with_both_places(tmp_path: Path) -> None:
-    path = tmp_path / "mhd.yaml"
     lines = document(services=5)
-    write(path, lines)
-    reloader = ConfigReloader()
-    reloader.load(path)
+    path, reloader, _ = loaded(tmp_path, lines)
     write(path, [x.replace("- name: s4", "- name: s1") for x in lines])
     with pytest.raises(ConfigError) as info:
         reloader.load(path)
@@ -181,13 +177,10 @@ def test_a_duplicate_name_from_an_edit_is_reported_with_both_places(tmp_path: Pa
 
 
 def test_anchors_disable_the_shortcut(tmp_path: Path) -> None:
-    path = tmp_path / "mhd.yaml"
     lines = document(services=3)
     lines[lines.index("  - name: s0") + 2] += "\n    check: &c {type: tcp}"
     lines[lines.index("  - name: s2") + 2] += "\n    check: *c"
-    write(path, lines)
-    reloader = ConfigReloader()
-    reloader.load(path)
+    path, reloader, _ = loaded(tmp_path, lines)
     write(path, [x.replace("&c {type: tcp}", "&c {type: tcp, rise: 5}") for x in lines])
     config = reloader.load(path)
     assert reloader.incremental_loads == 0
