@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mhd.api")
 
 MAX_BODY = 64 * 1024  # bytes: no endpoint takes a body, this only bounds what a client can make us read
+# bytes of a request line: GET /v1/services/{name}/predict takes up to 10,000 clients in its query
+# (up to ~75 bytes each: percent-encoded IPv6 with a port), far past aiohttp's default of 8,190.
+MAX_REQUEST_LINE = 1024 * 1024
 RELOAD_TIMEOUT = 60.0  # seconds a POST /v1/reload waits for the main loop to finish the reload
 MIN_STALE = 30.0  # seconds: /healthz fails when no pass completed for max(3 intervals, this)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -403,7 +406,8 @@ async def start(daemon: Daemon) -> Closer:
 
 
 async def _serve(app: web.Application) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)  # Prometheus scrapes would flood the log
+    # No access log: Prometheus scrapes would flood it.
+    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     return runner
 

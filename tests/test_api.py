@@ -406,6 +406,23 @@ async def test_start_serves_tcp_and_a_unix_socket(tmp_path: Path) -> None:
     assert d.hooks == [] and d.probe_hooks == []
 
 
+@aio
+async def test_predict_takes_the_documented_10000_clients_on_the_real_listener(tmp_path: Path) -> None:
+    """10,000 clients make a request line of ~300 KB, past aiohttp's default limit of 8,190 bytes."""
+    port = free_port()
+    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", f"api: {{listen: '127.0.0.1:{port}', socket: ''}}"))  # fmt: skip
+    clients = [f"198.51.{i >> 8 & 255}.{i & 255}:{40000 + i}" for i in range(10_000)]
+    query = "&".join(f"client={c}" for c in clients)
+    close = await start(d)
+    try:
+        async with ClientSession() as tcp:
+            response = await tcp.get(f"http://127.0.0.1:{port}/v1/services/web/predict?{query}")
+            assert response.status == 200, await response.text()
+            assert [p["client"] for p in await response.json()] == clients
+    finally:
+        await close()
+
+
 def test_a_file_in_the_way_of_the_socket_is_not_removed(tmp_path: Path) -> None:
     path = tmp_path / "mhd.sock"
     path.write_text("precious")
