@@ -11,7 +11,6 @@ import os
 import socket
 import stat
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,13 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
+from fakes import FakeDaemon
 
 from mhd import api as api_module
 from mhd.api import MAX_BODY, Api, openapi, start
-from mhd.checkers import CheckResult
-from mhd.config import load
-from mhd.daemon import Daemon, ReloadResult
-from mhd.health import Health
-from mhd.kernel import KernelInfo
+from mhd.daemon import Daemon
 from mhd.metrics import Metrics
-from mhd.model import DestKey, Service, Stats, parse_ip
-from mhd.reconcile import Outcome, desired_state
+from mhd.model import Stats
 from mhd.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,50 +50,8 @@ DOWN = {("dns", "10.0.1.2:53"), ("v6", "[2001:db8:1::2]:443"), ("empty", "10.0.9
 WEB1_STATS = Stats(active_conns=5, inactive_conns=2, conns=100, in_packets=1000, out_packets=900)
 
 
-def key(text: str) -> DestKey:
-    host, _, port = text.rpartition(":")
-    return DestKey(parse_ip(host.strip("[]")), int(port))
-
-
-def set_health(d: Daemon, service: str, server: str, health: Health) -> None:
-    target = d.targets[(service, key(server))]
-    d.prober._where[target].slots[target].health = health
-
-
-def refresh(d: Daemon) -> None:
-    """What a reconcile pass would leave behind, computed from health and drains, without a kernel."""
-    assert d.config is not None and d.state is not None
-    desired, members = desired_state(d.config, d.healthy, d.state.disabled())
-    observed: dict[Any, Service] = {}
-    for k, want in desired.items():
-        if want.name == "empty":
-            continue
-        dests = tuple(
-            dest if dest.key != key("10.0.0.1:80") else type(dest)(dest.key, dest.weight, stats=WEB1_STATS)
-            for dest in want.service.dests
-        )
-        observed[k] = Service(k, want.service.scheduler, want.service.flags, 0, 0, dests)
-    d.observed = observed
-    d.outcome = Outcome(observed, [], [], [], members)
-
-
-def make_daemon(tmp_path: Path, text: str = CONFIG) -> Daemon:
-    path = tmp_path / "mhd.yaml"
-    path.write_text(text)
-    d = Daemon(str(path), str(tmp_path / "state"))
-    d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
-    d.state = StateDir(tmp_path / "state")
-    d._adopt(load(path))
-    d.last_reload = ReloadResult(True, time.time(), [], d.config.sha256 if d.config else "")
-    now = time.time()
-    for service, server in d.targets:
-        if (service, str(server)) in DOWN:
-            failed = CheckResult(False, 1.0, "timeout after 1s", now)
-            set_health(d, service, str(server), Health("down", 0, 3, 1, failed))
-        else:
-            set_health(d, service, str(server), Health("up", 5, 0, 0, CheckResult(True, 0.0012, "ok", now)))
-    refresh(d)
-    return d
+def make_daemon(tmp_path: Path, text: str = CONFIG) -> FakeDaemon:
+    return FakeDaemon(tmp_path, text, down=DOWN, stats={"10.0.0.1:80": WEB1_STATS}, absent={"empty"})
 
 
 def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -122,11 +75,11 @@ async def served(d: Daemon, *, trusted: bool) -> AsyncIterator[TestClient[Any, A
 
 
 @contextlib.asynccontextmanager
-async def main_loop(d: Daemon, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+async def main_loop(d: FakeDaemon, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """The daemon's real main loop (reloads included), with the kernel pass replaced by `refresh`."""
 
     async def reconcile_once(only: set[Any] | None = None) -> None:
-        refresh(d)
+        d.refresh()
         d.reconciles += 1
         for hook in d.hooks:
             hook()
@@ -205,7 +158,7 @@ async def test_disable_and_enable_persist_in_the_state_dir(tmp_path: Path) -> No
         doc = await post_json(client, "/v1/services/web/servers/10.0.0.2:80/disable")
         assert doc == {"service": "web", "server": "10.0.0.2:80", "disabled": True}
         assert StateDir(tmp_path / "state").disabled() == {"web": {"10.0.0.2:80"}}
-        refresh(d)
+        d.refresh()
         web_svc = await get_json(client, "/v1/services/web")
         assert web_svc["state"] == "ok"  # a drained server does not degrade the service
         server = web_svc["servers"][1]
@@ -435,7 +388,7 @@ def test_a_file_in_the_way_of_the_socket_is_not_removed(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def threaded_server(d: Daemon, monkeypatch: pytest.MonkeyPatch, trusted: bool) -> Iterator[str]:
+def threaded_server(d: FakeDaemon, monkeypatch: pytest.MonkeyPatch, trusted: bool) -> Iterator[str]:
     """The API and the daemon's main loop in a thread of their own, for a synchronous HTTP client."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -10,21 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeDaemon, health, key
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mhd.checkers import CheckResult
-from mhd.config import load
-from mhd.daemon import Daemon, ReloadResult
-from mhd.health import Health
-from mhd.kernel import KernelInfo
 from mhd.metrics import Metrics, render_families
-from mhd.model import Dest, DestKey, Service, Stats, parse_ip
+from mhd.model import Stats
 from mhd.prober import check_key
-from mhd.reconcile import Outcome, desired_state
-from mhd.state import StateDir
 
-# A small copy of test_api's world: tests/ is not a package, so no cross-imports.
+# A smaller world than test_api's: every service in the kernel, 10.0.0.1:80 with traffic.
 CONFIG = """
 api: {listen: '', socket: ''}
 defaults:
@@ -41,50 +36,13 @@ services:
 DOWN = {("dns", "10.0.1.2:53"), ("v6", "[2001:db8:1::2]:443")}
 
 
-def key(text: str) -> DestKey:
-    host, _, port = text.rpartition(":")
-    return DestKey(parse_ip(host.strip("[]")), int(port))
+STATS = {
+    "10.0.0.1:80": Stats(active_conns=7, inactive_conns=3, conns=42, in_packets=10, out_packets=9, in_bytes=5)
+}
 
 
-def set_health(d: Daemon, service: str, server: str, state: str, transitions: int = 0) -> None:
-    target = d.targets[(service, key(server))]
-    last = CheckResult(state == "up", 0.002, "ok" if state == "up" else "refused", time.time())
-    d.prober._where[target].slots[target].health = Health(state, 0, 0, transitions, last)  # type: ignore[arg-type]
-
-
-def refresh(d: Daemon) -> None:
-    """The observed kernel after a pass: desired membership, 10.0.0.1 with traffic counters."""
-    assert d.config is not None and d.state is not None
-    desired, members = desired_state(d.config, d.healthy, d.state.disabled())
-    stats = Stats(active_conns=7, inactive_conns=3, conns=42, in_packets=10, out_packets=9, in_bytes=5)
-    observed = {
-        k: Service(
-            k,
-            want.service.scheduler,
-            want.service.flags,
-            dests=tuple(
-                Dest(x.key, x.weight, stats=stats if str(x.key) == "10.0.0.1:80" else Stats())
-                for x in want.service.dests
-            ),
-        )
-        for k, want in desired.items()
-    }
-    d.observed = observed
-    d.outcome = Outcome(observed, [], [], [], members)
-
-
-def make_daemon(tmp_path: Path, text: str = CONFIG) -> Daemon:
-    path = tmp_path / "mhd.yaml"
-    path.write_text(text)
-    d = Daemon(str(path), str(tmp_path / "state"))
-    d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
-    d.state = StateDir(tmp_path / "state")
-    d._adopt(load(path))
-    d.last_reload = ReloadResult(True, time.time(), [], "x")
-    for service, server in d.targets:
-        set_health(d, service, str(server), "down" if (service, str(server)) in DOWN else "up")
-    refresh(d)
-    return d
+def make_daemon(tmp_path: Path, text: str = CONFIG) -> FakeDaemon:
+    return FakeDaemon(tmp_path, text, down=DOWN, stats=STATS)
 
 
 def scrape(metrics: Metrics) -> dict[str, list[Any]]:
@@ -140,8 +98,8 @@ def test_kernel_counters_use_node_exporter_labels(tmp_path: Path) -> None:
 def test_state_is_read_at_scrape_time(tmp_path: Path) -> None:
     d = make_daemon(tmp_path)
     metrics = Metrics(d)
-    set_health(d, "web", "10.0.0.3:80", "down", transitions=1)
-    refresh(d)
+    d.set_health("web", "10.0.0.3:80", health("down", transitions=1))
+    d.refresh()
     s = scrape(metrics)
     assert value(s, "mhd_server_up", service="web", remote_address="10.0.0.3") == 0
     assert value(s, "mhd_server_transitions_total", service="web", remote_address="10.0.0.3") == 1

@@ -1,0 +1,86 @@
+"""A `Daemon` whose state is filled in by hand, for the host tests of what reads that state (the API,
+the metrics): no IPVS, no probes, no root.
+
+tests/ is not a package: pytest's default import mode puts this folder on `sys.path`, so the test
+modules `from fakes import ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from mhd.checkers import CheckResult
+from mhd.config import load
+from mhd.daemon import Daemon, ReloadResult
+from mhd.health import Health, State
+from mhd.kernel import KernelInfo
+from mhd.model import DestKey, Service, Stats, parse_ip
+from mhd.reconcile import Outcome, desired_state
+from mhd.state import StateDir
+
+
+def key(text: str) -> DestKey:
+    """ "10.0.0.1:80" or "[2001:db8::1]:443" as the kernel keys it."""
+    host, _, port = text.rpartition(":")
+    return DestKey(parse_ip(host.strip("[]")), int(port))
+
+
+def health(state: State, transitions: int | None = None) -> Health:
+    """An up server with 5 successes in a row, or a down one after 3 failures (1 transition)."""
+    now = time.time()
+    if state == "up":
+        return Health("up", 5, 0, transitions or 0, CheckResult(True, 0.0012, "ok", now))
+    failed = CheckResult(False, 1.0, "timeout after 1s", now)
+    return Health(state, 0, 3, 1 if transitions is None else transitions, failed)
+
+
+class FakeDaemon(Daemon):
+    """A daemon on `text` (a config file written to tmp_path) after one pass, as if the servers in
+    `down` had failed their checks; the fake kernel holds every service except those in `absent`,
+    with the counters `stats` gives each server (by name, e.g. "10.0.0.1:80")."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        text: str,
+        *,
+        down: Collection[tuple[str, str]] = (),
+        stats: Mapping[str, Stats] | None = None,
+        absent: Collection[str] = (),
+    ) -> None:
+        path = tmp_path / "mhd.yaml"
+        path.write_text(text)
+        super().__init__(str(path), str(tmp_path / "state"))
+        self.kernel_stats = dict(stats or {})
+        self.absent = set(absent)
+        self.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
+        self.state = StateDir(tmp_path / "state")
+        self._adopt(load(path))
+        self.last_reload = ReloadResult(True, time.time(), [], self.config.sha256 if self.config else "")
+        for service, server in self.targets:
+            self.set_health(service, str(server), health("down" if (service, str(server)) in down else "up"))
+        self.refresh()
+
+    def set_health(self, service: str, server: str, value: Health) -> None:
+        target = self.targets[(service, key(server))]
+        self.prober._where[target].slots[target].health = value
+
+    def refresh(self) -> None:
+        """What a reconcile pass would leave behind, computed from health and drains."""
+        assert self.config is not None and self.state is not None
+        desired, members = desired_state(self.config, self.healthy, self.state.disabled())
+        observed: dict[Any, Service] = {}
+        for k, want in desired.items():
+            if want.name in self.absent:
+                continue
+            dests = tuple(
+                dataclasses.replace(d, stats=self.kernel_stats.get(str(d.key), Stats()))
+                for d in want.service.dests
+            )
+            observed[k] = dataclasses.replace(want.service, dests=dests)
+        self.observed = observed
+        self.outcome = Outcome(observed, [], [], [], members)
