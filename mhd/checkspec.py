@@ -8,11 +8,16 @@ several services with the *same* check definition can be probed once (the prober
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 CheckType = Literal["none", "tcp", "http", "https", "udp", "dns", "exec"]
 CHECK_TYPES: tuple[str, ...] = ("none", "tcp", "http", "https", "udp", "dns", "exec")
+
+
+def astuple_shallow(record: object) -> tuple[object, ...]:
+    """The field values of a dataclass, not copied (unlike dataclasses.astuple)."""
+    return tuple(getattr(record, f.name) for f in fields(record))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,14 @@ class CheckSpec:
 
     # exec
     command: tuple[str, ...] = field(default=())  # argv; run without a shell
+
+    def __hash__(self) -> int:
+        """Hashed once: every health lookup hashes a target, and with it this 22-field record."""
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(astuple_shallow(self))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def probe_port(self, server_port: int) -> int:
         """The port a probe connects to: the check's own, or the server's."""

@@ -75,7 +75,7 @@ class ServerConfig:
     forward: int
     check: CheckSpec
 
-    @property
+    @cached_property
     def key(self) -> DestKey:
         return DestKey(self.address, self.port)
 
@@ -95,6 +95,8 @@ class ServiceConfig:
 
     def service(self, members: set[DestKey] | None = None) -> Service:
         """The kernel service with `members` (default: every configured server) as destinations."""
+        if members is not None and len(members) == len(self.servers):
+            members = None  # members are servers of this service: all of them, no lookups needed
         dests = tuple(s.dest() for s in self.servers if members is None or s.key in members)
         netmask = 128 if self.key.family == socket.AF_INET6 else 0xFFFFFFFF
         return Service(self.key, self.scheduler, self.flags, 0, netmask, dests)

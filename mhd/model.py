@@ -102,6 +102,10 @@ class DestKey:
     address: IPAddress
     port: int
 
+    def __hash__(self) -> int:
+        # ipaddress hashes through hex(): this is the key of every per-server dict of a pass.
+        return hash((int(self.address), self.port))
+
     def canonical(self) -> tuple[int, int, int]:
         """The canonical position of this destination in an mh service's list.
 

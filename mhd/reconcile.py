@@ -45,7 +45,7 @@ def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> M
 
     Operator-disabled servers stay out even in panic: a drain is an explicit decision.
     """
-    enabled = [s for s in svc.servers if str(s.key) not in disabled]
+    enabled = [s for s in svc.servers if str(s.key) not in disabled] if disabled else list(svc.servers)
     up = frozenset(s.key for s in enabled if healthy(svc.name, s.key))
     need = svc.min_healthy.required(len(enabled))
     if len(up) < need:
