@@ -128,6 +128,8 @@ def plan_dests(name: str, svc: Service, current: tuple[Dest, ...]) -> list[Op]:
     order does not matter, so only the set and the settings are fixed.
     """
     want = canonical(svc.dests)
+    if current == want:  # in sync, the common case of every periodic pass: no dict to build
+        return []
     wanted = {d.key: d for d in want}
     ops = [Op("delete-dest", svc, d, name, "not desired") for d in current if d.key not in wanted]
     remaining = [d for d in current if d.key in wanted]
