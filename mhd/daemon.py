@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -355,6 +356,9 @@ class Daemon:
                 self.status_line(),
                 self.client.writes - writes_before,
             )
+            # The config, targets and first dump live as long as the daemon: move them out of the
+            # collector's view, or each full collection would traverse all of them again.
+            gc.freeze()
             if on_ready is not None:
                 closers.append(await on_ready(self))
             await self.prober.start()
