@@ -27,16 +27,19 @@ import errno
 import functools
 import heapq
 import itertools
+import logging
 import math
 import os
 import random
 import re
+import select
 import signal
 import socket
 import ssl
 import struct
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,15 +51,19 @@ MAX_HEADER = 16 * 1024  # bytes of HTTP status line + headers accepted
 OUTPUT_TAIL = 200  # bytes of exec output kept in the detail
 _LINGER_RST = struct.pack("ii", 1, 0)
 
+log = logging.getLogger("mhd.health")
+
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """Outcome of one probe. ``latency`` in seconds, ``at`` wall-clock start time."""
+    """Outcome of one probe. ``latency`` in seconds, ``at`` wall-clock start time; ``timed_out``
+    when the probe's own deadline ended it (the prober then asks whether its loop was stalled)."""
 
     ok: bool
     latency: float
     detail: str
     at: float
+    timed_out: bool = False
 
 
 class CheckFailed(Exception):
@@ -64,17 +71,35 @@ class CheckFailed(Exception):
 
 
 Checker = Callable[[CheckSpec, str, int, str], Awaitable[str]]
+Done = Callable[[Any, CheckResult, float], None]  # (arg, result, loop time at the end)
 
 
 async def probe(spec: CheckSpec, address: str, port: int, *, service: str = "") -> CheckResult:
     """Run the check of ``spec`` against ``address`` (probe port resolved here)."""
-    at = time.time()
-    start = time.monotonic()
-    ok, detail = await _run(spec, address, spec.probe_port(port), service)
-    return CheckResult(ok, time.monotonic() - start, detail, at)
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[CheckResult] = loop.create_future()
+    probes = Probes(loop)
+    try:
+        probes.start(spec, address, spec.probe_port(port), service, _resolve, answer)
+        return await answer
+    finally:
+        await probes.aclose()
 
 
-async def _run(spec: CheckSpec, address: str, port: int, service: str) -> tuple[bool, str]:
+def _resolve(answer: asyncio.Future[CheckResult], result: CheckResult, ended: float) -> None:
+    if not answer.done():
+        answer.set_result(result)
+
+
+async def _timed(spec: CheckSpec, address: str, port: int, service: str) -> tuple[CheckResult, float]:
+    loop = asyncio.get_running_loop()
+    at, start = time.time(), loop.time()
+    ok, detail, timed_out = await _run(spec, address, port, service)
+    end = loop.time()
+    return CheckResult(ok, end - start, detail, at, timed_out), end
+
+
+async def _run(spec: CheckSpec, address: str, port: int, service: str) -> tuple[bool, str, bool]:
     # Same semantics as asyncio.timeout() (an outside cancel still propagates), but on the shared
     # `Timers`: at 10,000 probes/s asyncio.timeout() costs ~10% of a TCP check's CPU.
     loop = asyncio.get_running_loop()
@@ -83,22 +108,29 @@ async def _run(spec: CheckSpec, address: str, port: int, service: str) -> tuple[
     cancelling = task.cancelling()
     deadline = timers(loop).call_at(loop.time() + spec.timeout, _expire, task)
     try:
-        return True, await _CHECKERS[spec.type](spec, address, port, service)
+        return True, await _CHECKERS[spec.type](spec, address, port, service), False
     except asyncio.CancelledError:
         if deadline[0] is _EXPIRED and task.uncancel() <= cancelling:
-            return False, f"timeout after {spec.timeout:g}s"
+            return False, _timeout_detail(spec.timeout), True
         raise
     except CheckFailed as e:
-        return False, str(e)
+        return False, str(e), False
     except Exception as e:
-        return False, describe_error(e)
+        return False, describe_error(e), False
     finally:
         deadline[0] = None
+
+
+def _timeout_detail(timeout: float) -> str:
+    return f"timeout after {timeout:g}s"
 
 
 # --- shared timers ----------------------------------------------------------------------------
 
 TICK = 0.001  # seconds: timers due within one tick of each other fire together
+HEARTBEAT = 0.025  # seconds: while anything is scheduled, the timers look at the clock this often
+STALL_MIN = 0.005  # seconds: a timer this late (or later) is recorded as a stall of the loop
+STALLS_KEPT = 4096  # stall records kept (~100 a second at most under saturation, see stalled())
 Token = list[Any]  # [callback or None when cancelled / _EXPIRED when fired, argument]
 
 
@@ -115,6 +147,11 @@ class Timers:
     asyncio keeps its timers in a heap of `TimerHandle`s compared by a Python ``__lt__``; at
     10,000 checks/s (a due time and a deadline each) that heap costs more CPU than the TCP
     probe. Here comparisons are on floats in C, and the loop is woken at most once per `TICK`.
+
+    It is also the loop's stall detector: every time it fires it notes how late it is, and while
+    anything is scheduled it fires at least every `HEARTBEAT`, so a loop blocked for longer than
+    that (a slow callback, the process not scheduled) leaves a record. `stalled()` answers, for
+    a probe that timed out, whether the loop itself stood still during it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -123,6 +160,7 @@ class Timers:
         self._seq = itertools.count()  # ties never compare the tokens
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self.stalls = StallLog()
 
     def call_at(self, when: float, callback: Callable[[Any], None], arg: Any) -> Token:
         """Schedule ``callback(arg)``; cancel with ``token[0] = None``."""
@@ -139,8 +177,11 @@ class Timers:
         self._timer = self._loop.call_at(at, self._fire)
 
     def _fire(self) -> None:
+        now = self._loop.time()
+        if now - self._timer_at >= STALL_MIN:
+            self.stalls.note(self._timer_at, now)
         # The loop runs a timer when it is due within its clock resolution: trust it.
-        now = max(self._loop.time(), self._timer_at)
+        now = max(now, self._timer_at)
         self._timer, self._timer_at = None, math.inf
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -150,7 +191,38 @@ class Timers:
                 token[0] = _EXPIRED
                 callback(token[1])
         if heap:
-            self._arm(max(heap[0][0], now + TICK))
+            self._arm(max(min(heap[0][0], now + HEARTBEAT), now + TICK))
+
+    def stalled(self, start: float, end: float) -> float:
+        """See `StallLog.longest`."""
+        return self.stalls.longest(start, end)
+
+
+class StallLog:
+    """When the loop stood still: each record is a timer's due time and the time it really ran
+    (loop time), kept when it ran at least `STALL_MIN` late. Pure bookkeeping, no clock."""
+
+    def __init__(self, kept: int = STALLS_KEPT) -> None:
+        self._records: deque[tuple[float, float]] = deque(maxlen=kept)
+
+    def note(self, began: float, ended: float) -> None:
+        """The loop ran nothing of ours from ``began`` to ``ended`` (records come in time order)."""
+        self._records.append((began, ended))
+
+    def longest(self, start: float, end: float) -> float:
+        """The longest stretch of [start, end] during which the loop was seen stalled.
+
+        Only the longest single stretch counts, not their sum: a loop that is merely saturated
+        is late by about one iteration at every firing, and a probe loses about one iteration
+        per step of its own, not the whole window. Records end in time order, so the scan stops
+        at the first one that ended before ``start``.
+        """
+        longest = 0.0
+        for began, ended in reversed(self._records):
+            if ended <= start:
+                break
+            longest = max(longest, min(ended, end) - max(began, start))
+        return longest
 
 
 _TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timers] = weakref.WeakKeyDictionary()
@@ -171,11 +243,18 @@ def describe_error(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError):
         return f"TLS error: {e.reason or e}"
     if isinstance(e, OSError) and e.errno is not None:
-        names = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset"}
-        return names.get(e.errno, os.strerror(e.errno).lower())
+        return errno_detail(e.errno)
     if isinstance(e, asyncio.IncompleteReadError):
         return "connection closed before a complete answer"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+_ERRNO_NAMES = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset"}
+
+
+def errno_detail(err: int) -> str:
+    """``connection refused``, ``connection reset``, or the system's own words for ``err``."""
+    return _ERRNO_NAMES.get(err) or os.strerror(err).lower()
 
 
 # --- sockets ----------------------------------------------------------------------------------
@@ -233,16 +312,226 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-# --- none / tcp -------------------------------------------------------------------------------
+# --- probes in flight, and the tcp fast path --------------------------------------------------
+
+_STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_EPOLL_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+class _Deadlines:
+    """The TCP connects of one timeout value, oldest first: started in loop-time order, their
+    deadlines are in order too, so a FIFO does what a heap would, at O(1) a probe."""
+
+    __slots__ = ("detail", "entries", "sweep", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.detail = _timeout_detail(timeout)
+        self.entries: deque[tuple[float, list[Any]]] = deque()  # (deadline, connect record)
+        self.sweep: Token | None = None  # the armed timer of the next sweep
+
+
+class Probes:
+    """Probes in flight, each reported to a callback: ``done(arg, result, ended)``.
+
+    Why callbacks and not one awaited coroutine a probe: at 10,000 TCP checks a second the
+    coroutine machinery (a task step per wake-up, futures, asyncio's add_writer/remove_writer
+    bookkeeping) cost more CPU than the kernel's connect. A TCP check is therefore a plain
+    state machine: a non-blocking socket, ``connect_ex``, one ``epoll_ctl`` on an epoll of our
+    own (registered once with the loop as a reader; ``close()`` removes the socket from it), and
+    on readiness ``SO_ERROR`` only when epoll reports an error. Completions are handled in
+    batches, and always before a deadline is declared (`_sweep` drains the epoll first), so a
+    connect that completed while the loop was busy is never reported as a timeout.
+
+    Other check types run `_run` in a task of their own, with the same callback at the end.
+    Results are never delivered synchronously from `start`, and never after `cancel`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._timers = timers(self._loop)
+        self._epoll: select.epoll | None = None
+        # fd -> [socket (None once over), done, arg, start, drain round when registered]
+        self._connects: dict[int, list[Any]] = {}
+        self._deadlines: dict[float, _Deadlines] = {}
+        self._tasks: dict[asyncio.Task[tuple[CheckResult, float]], tuple[Done, Any] | None] = {}
+        self._serial = 0  # drain round: sockets registered during a drain wait for the next one
+
+    def start(self, spec: CheckSpec, address: str, port: int, service: str, done: Done, arg: Any) -> Any:
+        """Start probing ``address:port`` (the probe port, already resolved); returns a handle
+        for `cancel`."""
+        if spec.type == "tcp":
+            return self._connect(address, port, spec.source_address, spec.timeout, done, arg)
+        task = self._loop.create_task(_timed(spec, address, port, service))
+        self._tasks[task] = (done, arg)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def cancel(self, handle: Any) -> None:
+        """Abandon a probe: its callback will not be called."""
+        if isinstance(handle, asyncio.Task):
+            if handle in self._tasks:
+                self._tasks[handle] = None
+                handle.cancel()  # stays in _tasks until done: aclose() waits for it
+        elif handle[0] is _IMMEDIATE:
+            handle[0] = None
+        elif handle[0] is not None:
+            sock, handle[0] = handle[0], None
+            self._connects.pop(sock.fileno(), None)
+            sock.close()
+
+    async def aclose(self) -> None:
+        """Cancel everything in flight and wait for it (exec probes kill and reap their children)."""
+        for record in list(self._connects.values()):
+            self.cancel(record)
+        for task in list(self._tasks):
+            self.cancel(task)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for q in self._deadlines.values():
+            if q.sweep is not None:
+                q.sweep[0] = None
+        self._deadlines.clear()
+        if self._epoll is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+
+    # --- other check types: a task each ---------------------------------------------------------
+
+    def _task_done(self, task: asyncio.Task[tuple[CheckResult, float]]) -> None:
+        how = self._tasks.pop(task, None)
+        if how is None or task.cancelled():
+            return
+        try:
+            result, ended = task.result()
+        except BaseException as e:  # _run never raises but for cancellation: be safe anyway
+            result, ended = CheckResult(False, 0.0, describe_error(e), time.time()), self._loop.time()
+        how[0](how[1], result, ended)
+
+    # --- tcp ------------------------------------------------------------------------------------
+
+    def _connect(
+        self, address: str, port: int, source: str | None, timeout: float, done: Done, arg: Any
+    ) -> list[Any]:
+        start = self._loop.time()
+        record: list[Any] = [None, done, arg, start, self._serial]
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, _STREAM_NB)
+        except OSError as e:
+            return self._at_once(record, False, describe_error(e))
+        try:
+            if source is not None:
+                sock.bind((source, 0))
+            err = sock.connect_ex((address, port))
+        except OSError as e:
+            sock.close()
+            return self._at_once(record, False, describe_error(e))
+        if err != errno.EINPROGRESS:  # refused or unreachable at once, or (rarely) connected
+            if not err:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            sock.close()
+            return self._at_once(record, not err, errno_detail(err) if err else "connected")
+        epoll = self._epoll
+        if epoll is None:
+            epoll = self._epoll = select.epoll()
+            self._loop.add_reader(epoll.fileno(), self._drain)
+        fd = sock.fileno()
+        try:
+            epoll.register(fd, select.EPOLLOUT)
+        except OSError as e:
+            sock.close()
+            return self._at_once(record, False, describe_error(e))
+        record[0] = sock
+        self._connects[fd] = record
+        q = self._deadlines.get(timeout)
+        if q is None:
+            q = self._deadlines[timeout] = _Deadlines(timeout)
+        q.entries.append((start + timeout, record))
+        if q.sweep is None:
+            q.sweep = self._timers.call_at(start + timeout, self._sweep, q)
+        return record
+
+    def _at_once(self, record: list[Any], ok: bool, detail: str) -> list[Any]:
+        """A connect decided inside connect_ex: report it from the loop, not from start()."""
+        record[0] = _IMMEDIATE
+        self._loop.call_soon(self._report, record, ok, detail)
+        return record
+
+    def _report(self, record: list[Any], ok: bool, detail: str) -> None:
+        if record[0] is _IMMEDIATE:  # else cancelled meanwhile
+            record[0] = None
+            now = self._loop.time()
+            record[1](record[2], CheckResult(ok, now - record[3], detail, time.time()), now)
+
+    def _drain(self) -> None:
+        """Every connect the epoll reports as finished: connected, refused, reset, unreachable."""
+        epoll = self._epoll
+        if epoll is None:
+            return
+        events = epoll.poll(0)
+        if not events:
+            return
+        serial, self._serial = self._serial, self._serial + 1
+        connects = self._connects
+        now = self._loop.time()
+        wall = time.time()
+        for fd, mask in events:
+            record = connects.get(fd)
+            if record is None or record[4] > serial:  # a new socket on a reused fd: next round
+                continue
+            del connects[fd]
+            sock = record[0]
+            record[0] = None
+            latency = now - record[3]
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if mask & _EPOLL_ERR else 0
+            if err:
+                sock.close()
+                result = CheckResult(False, latency, errno_detail(err), wall - latency)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                sock.close()
+                result = CheckResult(True, latency, "connected", wall - latency)
+            try:
+                record[1](record[2], result, now)
+            except Exception:
+                log.exception("probe callback failed")
+
+    def _sweep(self, q: _Deadlines) -> None:
+        """Time out the connects of ``q`` past their deadline, after taking in every completion."""
+        q.sweep = None
+        self._drain()
+        now = self._loop.time()
+        entries = q.entries
+        wall = time.time()
+        while entries:
+            deadline, record = entries[0]
+            sock = record[0]
+            if sock is not None:
+                if deadline > now:
+                    break
+                del self._connects[sock.fileno()]
+                record[0] = None
+                sock.close()
+                latency = now - record[3]
+                result = CheckResult(False, latency, q.detail, wall - latency, True)
+                try:
+                    record[1](record[2], result, now)
+                except Exception:
+                    log.exception("probe callback failed")
+            entries.popleft()
+        if entries and q.sweep is None:
+            q.sweep = self._timers.call_at(entries[0][0], self._sweep, q)
+
+
+_IMMEDIATE = object()
+
+
+# --- none -------------------------------------------------------------------------------------
 
 
 async def _check_none(spec: CheckSpec, address: str, port: int, service: str) -> str:
     return "no check"
-
-
-async def _check_tcp(spec: CheckSpec, address: str, port: int, service: str) -> str:
-    (await _connect(address, port, spec.source_address)).close()
-    return "connected"
 
 
 # --- http / https -----------------------------------------------------------------------------
@@ -541,7 +830,6 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 _CHECKERS: dict[str, Checker] = {
     "none": _check_none,
-    "tcp": _check_tcp,
     "http": _check_http,
     "https": _check_http,
     "udp": _check_udp,

@@ -80,3 +80,19 @@ def _reason(result: CheckResult, streak: int) -> str:
     kind = "success" if result.ok else "failure"
     plural = "" if streak == 1 else ("es" if result.ok else "s")
     return f"{streak} consecutive {kind}{plural}, last: {result.detail}"
+
+
+STALL_FRACTION = 0.25  # of a probe's timeout: a longer stall of the checker's loop voids a timeout
+
+
+def inconclusive(result: CheckResult, stalled: float, timeout: float) -> bool:
+    """Whether a failed probe says nothing about the server, because the checker stalled.
+
+    ``stalled`` is the longest stretch (seconds) during the probe in which the checker's own
+    event loop ran nothing: blocked by a slow callback, or the process not scheduled. A probe
+    that *timed out* across such a stretch may have timed out only because its answer was not
+    read in time, so when the stretch exceeds `STALL_FRACTION` of the timeout the result must
+    neither count as a failure nor break a success streak. Any other failure (refused, reset, a
+    status code, an exit code) is the server's answer, stall or not; so is every success.
+    """
+    return not result.ok and result.timed_out and stalled > STALL_FRACTION * timeout

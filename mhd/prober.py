@@ -1,7 +1,7 @@
 """Runs every health check concurrently in the caller's asyncio loop.
 
-One long-lived task per distinct check, i.e. per ``(spec, address, probe port)``: a server shared
-by several services with the same check definition is probed once and the result is fanned out to
+One schedule per distinct check, i.e. per ``(spec, address, probe port)``: a server shared by
+several services with the same check definition is probed once and the result is fanned out to
 each service's own `Health` (exec checks also key on the service, because the script sees
 ``MHD_SERVICE`` and may answer differently per service).
 
@@ -11,10 +11,16 @@ same server keeps the same phase across restarts of the loop. Due times advance 
 interval (no drift from probe duration); a probe can never overrun because ``timeout < interval``,
 and if the loop was starved the missed slots are skipped rather than fired in a burst.
 
-Due times are kept on the shared `mhd.checkers.Timers` rather than one ``asyncio.sleep()`` per
-check: with 10,000 checks, asyncio's own timer heap compares `TimerHandle`s in Python (~14
-comparisons per push and pop), which costs more CPU than the TCP probe itself. It wakes at most
-once per `TICK` (1 ms), which bounds the added lag.
+No task per check: due times are entries on the shared `mhd.checkers.Timers` (one loop timer over
+a heap of tuples, waking at most once per `TICK`, 1 ms), whose callback starts the probe through
+`mhd.checkers.Probes`, whose callback delivers the result and schedules the next slot. With
+10,000 TCP checks a second, a long-lived task per check awaiting its due time and its probe cost
+more CPU than the kernel's own work for the connect.
+
+Starvation guard: a probe that timed out while this process's loop stood still for more than a
+quarter of the timeout (`mhd.health.inconclusive`, measured by `Timers.stalled`) says nothing
+about the server. It is not counted; the check is re-run at once (once per slot, when that can
+finish before the next slot), and a warning says the loop was stalled.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from mhd.checkers import CheckResult, Timers, probe, timers
+from mhd.checkers import CheckResult, Probes, Timers, Token, timers
 from mhd.checkspec import CheckSpec
-from mhd.health import Health, Transition, initial, observe
+from mhd.health import Health, Transition, inconclusive, initial, observe
 
 log = logging.getLogger("mhd.health")
+stall_log = logging.getLogger("mhd.prober")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,7 @@ class Counters:
 
     probes: int = 0
     failures: int = 0
+    inconclusive: int = 0  # timeouts not counted: the loop was stalled during the probe
     last_lag: float = 0.0  # seconds between the due time and the start of the last probe
     last_duration: float = 0.0
 
@@ -69,11 +78,16 @@ class _Slot:
     counters: Counters = field(default_factory=Counters)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Check:
     key: CheckKey
     slots: dict[Target, _Slot] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
+    slot: float = 0.0  # the current slot (loop time): next_due() keeps its phase
+    due: float = 0.0  # when the probe in flight was due (a re-check: when it was started)
+    lag: float = 0.0  # how late it started
+    alarm: Token | None = None  # the timer of the next slot
+    probe: Any = None  # the probe in flight (a `Probes` handle)
+    rechecked: bool = False  # a re-check already ran in this slot
 
 
 def check_key(target: Target) -> CheckKey:
@@ -103,9 +117,7 @@ def next_due(due: float, now: float, interval: float) -> float:
     return due
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():  # cancelled by stop() before the task ran its finally
-        fut.set_result(None)
+STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop
 
 
 class Prober:
@@ -121,8 +133,12 @@ class Prober:
         self._on_probe = on_probe
         self._checks: dict[CheckKey, _Check] = {}
         self._where: dict[Target, _Check] = {}
-        self._stopping: set[asyncio.Task[None]] = set()
         self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: Timers | None = None
+        self._probes: Probes | None = None
+        self._stall_warned = -math.inf
+        self._stall_unwarned = 0
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -159,7 +175,7 @@ class Prober:
         if check is None:
             check = self._checks[key] = _Check(key)
             if self._running:
-                self._spawn(check)
+                self._first(check)
         check.slots[target] = _Slot(initial(in_kernel, target.spec))
         self._where[target] = check
 
@@ -189,62 +205,113 @@ class Prober:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._running:
+            return
+        self._loop = loop = asyncio.get_running_loop()
+        self._timers = timers(loop)
+        self._probes = Probes(loop)
         self._running = True
         for check in self._checks.values():
-            if check.task is None:
-                self._spawn(check)
+            self._first(check)
 
     async def stop(self) -> None:
         """Cancel every probe and wait for them: exec probes kill and reap their children."""
         self._running = False
         for check in self._checks.values():
             self._cancel(check)
-        while self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
-
-    def _spawn(self, check: _Check) -> None:
-        loop = asyncio.get_running_loop()
-        check.task = loop.create_task(self._loop(check, timers(loop)))
+        probes, self._probes = self._probes, None
+        if probes is not None:
+            await probes.aclose()  # also waits for the probes of checks removed by a reload
 
     def _cancel(self, check: _Check) -> None:
-        task, check.task = check.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+        if check.alarm is not None:
+            check.alarm[0] = None  # nothing left on the heap to fire
+            check.alarm = None
+        if check.probe is not None and self._probes is not None:
+            self._probes.cancel(check.probe)
+        check.probe = None
 
     # --- probing ------------------------------------------------------------------------------
 
-    async def _loop(self, check: _Check, alarm: Timers) -> None:
-        spec, address, port, service = check.key
-        loop = asyncio.get_running_loop()
-        interval = spec.interval
-        due = first_due(loop.time(), interval, phase(check.key))
-        while True:
-            wake: asyncio.Future[None] = loop.create_future()
-            token = alarm.call_at(due, _wake, wake)
-            try:
-                await wake
-            finally:
-                token[0] = None  # cancelled (reload/stop): nothing left on the heap to fire
-            lag = loop.time() - due
-            result = await probe(spec, address, port, service=service)
-            self._deliver(check, due, lag, result)
-            due = next_due(due, loop.time(), interval)
+    def _first(self, check: _Check) -> None:
+        assert self._loop is not None
+        interval = check.key[0].interval
+        self._schedule(check, first_due(self._loop.time(), interval, phase(check.key)))
 
-    def _deliver(self, check: _Check, due: float, lag: float, result: CheckResult) -> None:
+    def _schedule(self, check: _Check, slot: float) -> None:
+        assert self._timers is not None
+        check.slot = slot
+        check.rechecked = False
+        check.alarm = self._timers.call_at(slot, self._fire, check)
+
+    def _fire(self, check: _Check) -> None:
+        assert self._loop is not None and self._probes is not None
+        check.alarm = None
+        check.due = due = check.slot
+        check.lag = self._loop.time() - due
+        spec, address, port, service = check.key
+        check.probe = self._probes.start(spec, address, port, service, self._done, check)
+
+    def _done(self, check: _Check, result: CheckResult, ended: float) -> None:
+        assert self._loop is not None
+        check.probe = None
+        spec = check.key[0]
+        if result.timed_out:
+            assert self._timers is not None
+            stalled = self._timers.stalled(ended - result.latency, ended)
+            if inconclusive(result, stalled, spec.timeout):
+                self._inconclusive(check, result, stalled)
+                return
+        self._deliver(check, result)
+        self._schedule(check, next_due(check.slot, self._loop.time(), spec.interval))
+
+    def _inconclusive(self, check: _Check, result: CheckResult, stalled: float) -> None:
+        """A timeout while the loop stood still is not the server's fault: count nothing, and
+        re-check now if that can finish before the next slot, else wait for the next slot."""
+        assert self._loop is not None and self._probes is not None
+        self._deliver(check, result, count=False)
+        self._warn_stall(check, stalled, result)
+        spec, address, port, service = check.key
+        now = self._loop.time()
+        slot = next_due(check.slot, now, spec.interval)
+        if not check.rechecked and now + spec.timeout < slot:
+            check.rechecked = True
+            check.due, check.lag = now, 0.0
+            check.probe = self._probes.start(spec, address, port, service, self._done, check)
+        else:
+            self._schedule(check, slot)
+
+    def _warn_stall(self, check: _Check, stalled: float, result: CheckResult) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._stall_warned < STALL_WARN_EVERY:
+            self._stall_unwarned += 1
+            return
+        spec, address, port, _ = check.key
+        since = f"; {self._stall_unwarned} more since the last warning" if self._stall_unwarned else ""
+        stall_log.warning(
+            "event loop stalled for %.0f ms during a %s probe of %s port %d (%s): not counted "
+            "as a failure%s",
+            stalled * 1000, spec.type, address, port, result.detail, since,
+        )  # fmt: skip
+        self._stall_warned, self._stall_unwarned = now, 0
+
+    def _deliver(self, check: _Check, result: CheckResult, *, count: bool = True) -> None:
         if self._on_probe is not None:
             try:
-                self._on_probe(check.key, due, lag, result)
+                self._on_probe(check.key, check.due, check.lag, result)
             except Exception:
                 log.exception("on_probe hook failed")
         spec = check.key[0]
         for target, slot in list(check.slots.items()):
             counters = slot.counters
             counters.probes += 1
-            counters.failures += not result.ok
-            counters.last_lag = lag
+            counters.last_lag = check.lag
             counters.last_duration = result.latency
+            if not count:
+                counters.inconclusive += 1
+                continue
+            counters.failures += not result.ok
             slot.health, transition = observe(slot.health, result, spec)
             if transition is not None:
                 self._report(target, transition, slot.health)

@@ -4,101 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
 import ssl
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from servers import (
+    LO,
+    aio,
+    closed_port,
+    http_answer,
+    http_handler,
+    pid_gone,
+    resetter,
+    tarpit,
+    tcp_server,
+    udp_server,
+    until,
+)
 
-from mhd.checkers import CheckResult, build_query, parse_header, probe
+from mhd.checkers import CheckResult, Probes, build_query, parse_header, probe
 from mhd.checkspec import CheckSpec
-
-LO = "127.0.0.1"
-
-
-def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async test in a fresh loop (no pytest plugin needed)."""
-
-    async def bounded(*args: Any, **kwargs: Any) -> None:
-        async with asyncio.timeout(20):  # unlike wait_for, no extra task: tests count tasks
-            await fn(*args, **kwargs)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(bounded(*args, **kwargs))
-
-    return wrapper
-
-
-# --- servers ----------------------------------------------------------------------------------
-
-
-def http_answer(status: int, body: bytes = b"ok", chunked: bool = False) -> bytes:
-    if chunked:
-        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:3], body[3:]) if p)
-        return b"HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n" % (
-            status, payload)  # fmt: skip
-    return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
-
-
-@contextlib.asynccontextmanager
-async def tcp_server(
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-    host: str = LO,
-    tls: ssl.SSLContext | None = None,
-) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, host, 0, ssl=tls)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-def http_handler(answer: bytes, seen: list[bytes] | None = None) -> Callable[..., Awaitable[None]]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            if seen is not None:
-                seen.append(request)
-                seen.append(str(writer.get_extra_info("peername")[0]).encode())
-            writer.write(answer)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    return handle
-
-
-async def tarpit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        await reader.read()  # never answers; ends when the client goes away
-    writer.close()
-
-
-async def resetter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(Exception):
-        await reader.read(1)
-    writer.transport.abort()
-
-
-def closed_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LO, 0))
-        port: int = s.getsockname()[1]
-    return port
-
 
 # --- tcp --------------------------------------------------------------------------------------
 
@@ -134,6 +65,52 @@ async def test_check_port_overrides_server_port() -> None:
     async with tcp_server(http_handler(b"")) as port:
         r = await probe(CheckSpec(type="tcp", port=port), LO, closed_port())
     assert r.ok, r.detail
+
+
+@aio
+async def test_tcp_connect_that_gets_no_answer_times_out() -> None:
+    """A listener whose accept queue is full drops SYNs: the connect never completes."""
+    with socket.socket() as full:
+        full.bind((LO, 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for f in fillers:
+                f.setblocking(False)
+                f.connect_ex((LO, port))
+            await asyncio.sleep(0.05)
+            r = await probe(CheckSpec(type="tcp", timeout=0.2), LO, port)
+        finally:
+            for f in fillers:
+                f.close()
+    assert (r.ok, r.detail, r.timed_out) == (False, "timeout after 0.2s", True)
+    assert 0.2 <= r.latency < 0.5
+
+
+@aio
+async def test_tcp_connect_completed_during_a_stall_is_not_a_timeout() -> None:
+    """The kernel finishes the handshake while the loop is blocked past the deadline: completions
+    are taken in before deadlines are declared, so this is a success, not a timeout."""
+    results: list[CheckResult] = []
+    async with tcp_server() as port:
+        probes = Probes()
+        probes.start(
+            CheckSpec(type="tcp", timeout=0.05), LO, port, "", lambda _, r, _end: results.append(r), None
+        )
+        time.sleep(0.2)  # blocks the loop
+        await until(lambda: results)
+        await probes.aclose()
+    assert (results[0].ok, results[0].detail) == (True, "connected")
+
+
+@aio
+async def test_tcp_source_address() -> None:
+    async with tcp_server(http_handler(b""), host="0.0.0.0") as port:
+        good = await probe(CheckSpec(type="tcp", source_address="127.0.0.3"), LO, port)
+        bad = await probe(CheckSpec(type="tcp", source_address="192.0.2.1"), LO, port)
+    assert (good.ok, good.detail) == (True, "connected")
+    assert (bad.ok, bad.detail) == (False, "cannot assign requested address")
 
 
 # --- http -------------------------------------------------------------------------------------
@@ -306,16 +283,6 @@ class Echo(asyncio.DatagramProtocol):
         self.transport.sendto(b"pong:" + data, addr)
 
 
-@contextlib.asynccontextmanager
-async def udp_server(factory: Callable[[], asyncio.DatagramProtocol]) -> AsyncIterator[int]:
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(factory, local_addr=(LO, 0))
-    try:
-        yield transport.get_extra_info("sockname")[1]
-    finally:
-        transport.close()
-
-
 @aio
 async def test_udp_echo() -> None:
     async with udp_server(Echo) as port:
@@ -473,23 +440,6 @@ async def test_exec_missing_program() -> None:
     assert not r.ok and "no such file" in r.detail
 
 
-def pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] == "Z"  # a zombie of init is gone for us
-    except FileNotFoundError:
-        return True
-
-
-async def wait_gone(pid: int, within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while not pid_gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 @aio
 async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
@@ -501,7 +451,7 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert r.latency < 1.0
     shell, sleeper = map(int, pids.read_text().split())
     assert pid_gone(shell)  # reaped by the probe itself
-    assert await wait_gone(sleeper)  # the backgrounded grandchild too (same process group)
+    await until(lambda: pid_gone(sleeper), 2.0)  # the backgrounded grandchild too (same process group)
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 

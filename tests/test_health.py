@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhd.checkers import CheckResult
+from mhd.checkers import CheckResult, StallLog
 from mhd.checkspec import CheckSpec
-from mhd.health import Health, Transition, initial, observe
+from mhd.health import STALL_FRACTION, Health, Transition, inconclusive, initial, observe
 
 OK = CheckResult(True, 0.001, "HTTP 200", 0.0)
 BAD = CheckResult(False, 1.0, "HTTP 500", 0.0)
@@ -124,3 +125,47 @@ def test_reason_names_the_streak_and_last_detail() -> None:
     for _ in range(3):
         h, t = observe(h, BAD, spec)
     assert t == Transition("up", "down", "3 consecutive failures, last: HTTP 500")
+
+
+# --- starvation guard: a stalled checker does not blame the server ------------------------------
+
+TIMED_OUT = CheckResult(False, 0.5, "timeout after 0.5s", 0.0, timed_out=True)
+
+
+@given(st.floats(0, 10), st.floats(0.001, 10))
+def test_only_a_timeout_across_a_long_stall_is_inconclusive(stalled: float, timeout: float) -> None:
+    assert inconclusive(TIMED_OUT, stalled, timeout) == (stalled > STALL_FRACTION * timeout)
+    assert not inconclusive(OK, stalled, timeout)  # a success is a success, stall or not
+    assert not inconclusive(BAD, stalled, timeout)  # so is the server's own answer (a status code)
+    refused = CheckResult(False, 0.001, "connection refused", 0.0)
+    assert not inconclusive(refused, stalled, timeout)
+
+
+def test_stall_log_longest_stretch_within_a_window() -> None:
+    log = StallLog()
+    for began, ended in ((1.0, 1.2), (2.0, 2.5), (2.6, 2.7)):
+        log.note(began, ended)
+    assert log.longest(0.0, 0.9) == 0.0  # before any stall
+    assert log.longest(3.0, 4.0) == 0.0  # after them
+    assert log.longest(0.0, 3.0) == pytest.approx(0.5)  # the longest, not the sum (0.8)
+    assert log.longest(2.2, 3.0) == pytest.approx(0.3)  # clipped to the window
+    assert log.longest(1.1, 2.1) == pytest.approx(0.1)
+
+
+stalls = st.lists(st.tuples(st.floats(0, 5), st.floats(0, 2)), max_size=30)
+
+
+@given(stalls, st.floats(0, 60), st.floats(0, 10))
+def test_stall_log_agrees_with_brute_force(
+    gaps: list[tuple[float, float]], start: float, length: float
+) -> None:
+    """The early stop of the scan (records end in time order) loses nothing."""
+    log, records, t = StallLog(), [], 0.0
+    for gap, stall in gaps:
+        t += gap
+        records.append((t, t + stall))
+        log.note(t, t + stall)
+        t += stall
+    end = start + length
+    expected = max([min(e, end) - max(b, start) for b, e in records] + [0.0])
+    assert log.longest(start, end) == pytest.approx(expected)

@@ -3,77 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import itertools
 import logging
 import os
-import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from servers import LO, aio, closed_port, pid_gone, tarpit, tcp_server, until
 
 from mhd.checkers import CheckResult
 from mhd.checkspec import CheckSpec
 from mhd.health import Health, Transition
 from mhd.prober import CheckKey, Prober, Target, check_key, first_due, next_due, phase
-
-LO = "127.0.0.1"
-
-
-# Small copies of test_checkers' helpers: tests/ is not a package, so no cross-imports.
-
-
-def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    async def bounded(*args: Any, **kwargs: Any) -> None:
-        async with asyncio.timeout(20):  # unlike wait_for, no extra task: tests count tasks
-            await fn(*args, **kwargs)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(bounded(*args, **kwargs))
-
-    return wrapper
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind((LO, 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-    writer.close()
-
-
-@contextlib.asynccontextmanager
-async def tcp_server() -> AsyncIterator[int]:
-    server = await asyncio.start_server(answer, LO, 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] == "Z"  # a zombie of init is gone for us
-    except FileNotFoundError:
-        return True
-
 
 FAST = CheckSpec(type="tcp", interval=0.05, timeout=0.04, rise=1, fall=1)
 
@@ -92,13 +37,6 @@ class Recorder:
 
     def prober(self) -> Prober:
         return Prober(self.on_transition, on_probe=self.on_probe)
-
-
-async def until(cond: object, within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # --- pure scheduling helpers ------------------------------------------------------------------
@@ -145,8 +83,13 @@ async def test_rise_fall_and_transition_callback(caplog: pytest.LogCaptureFixtur
     rec = Recorder()
     prober = rec.prober()
     caplog.set_level(logging.INFO, logger="mhd.health")
+    # fall=2: a probe in flight while the server closes its listener may end "connection reset"
+    # (its connection sat in the accept queue, which close() resets); the next probe starts
+    # after the close, so the second failure in a row, which is the reason logged, is always
+    # "connection refused".
+    spec = CheckSpec(type="tcp", interval=0.05, timeout=0.04, rise=1, fall=2)
     async with tcp_server() as port:
-        target = Target("web", LO, port, FAST)
+        target = Target("web", LO, port, spec)
         prober.set_targets([target])
         await prober.start()
         await until(lambda: prober.health(target).state == "up")
@@ -158,9 +101,9 @@ async def test_rise_fall_and_transition_callback(caplog: pytest.LogCaptureFixtur
     assert records[1].MHD_SERVICE == "web"  # type: ignore[attr-defined]
     server = records[1].MHD_SERVER  # type: ignore[attr-defined]
     assert server == f"{LO}:{port}"
-    assert "connection refused" in records[1].getMessage()
+    assert records[1].getMessage().endswith("(2 consecutive failures, last: connection refused)")
     counters = prober.counters(target)
-    assert counters.probes >= 2 and counters.failures >= 1
+    assert counters.probes >= 3 and counters.failures >= 2
 
 
 @aio
@@ -264,3 +207,84 @@ async def test_a_failing_callback_does_not_stop_probing() -> None:
     await until(lambda: prober.counters(target).probes >= 3)
     await prober.stop()
     assert prober.health(target).state == "down"
+
+
+# --- starvation guard -------------------------------------------------------------------------
+
+
+@aio
+async def test_a_blocked_loop_takes_no_server_down(caplog: pytest.LogCaptureFixture) -> None:
+    """The loop stands still (a callback sleeping) while probes are in flight, longer than their
+    timeout: no server may go down for it, and probing goes on."""
+    rec = Recorder()
+    prober = rec.prober()
+    http = CheckSpec(type="http", interval=0.1, timeout=0.04, rise=1, fall=1)
+    tcp = CheckSpec(type="tcp", interval=0.1, timeout=0.04, rise=1, fall=1)
+    async with tcp_server(host="0.0.0.0") as port:
+        targets = [Target("s", f"127.0.0.{i}", port, spec) for i in range(1, 21) for spec in (http, tcp)]
+        prober.set_targets(targets)
+        await prober.start()
+        await until(lambda: all(prober.health(t).state == "up" for t in targets))
+        loop = asyncio.get_running_loop()
+        for i in range(8):  # blocks at different phases of the interval
+            await asyncio.sleep(0.013 * i)
+            loop.call_soon(time.sleep, 0.15)
+        probes = len(rec.probes)
+        await asyncio.sleep(0.3)
+        assert len(rec.probes) > probes  # still probing
+        await prober.stop()
+    assert [t.new for _, t in rec.transitions] == ["up"] * len(targets)
+
+
+@aio
+async def test_a_timeout_caused_by_a_stall_is_rechecked_not_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Deterministic: the server, which shares this loop, blocks it while a probe waits for its
+    answer, so the probe's deadline passes first. The timeout is not counted, a re-check runs at
+    once (well before the next slot) and succeeds, and the stall is logged."""
+    caplog.set_level(logging.WARNING, logger="mhd.prober")
+    stall_next = [False]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if stall_next[0]:
+            stall_next[0] = False
+            time.sleep(0.3)  # the whole loop, prober included, stands still
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(type="http", interval=2.0, timeout=0.1, rise=1, fall=1)
+    async with tcp_server(handler) as port:
+        target = Target("web", LO, port, spec)
+        prober.set_targets([target])
+        await prober.start()
+        await until(lambda: prober.health(target).state == "up", within=5)
+        stall_next[0] = True
+        await until(lambda: prober.counters(target).probes >= 3, within=5)  # the slot, the re-check
+        await prober.stop()
+    results = [r for _, _, _, r in rec.probes]
+    assert [(r.ok, r.timed_out) for r in results[1:3]] == [(False, True), (True, False)]
+    assert results[2].at - results[1].at < 1.0  # re-checked at once, not at the next slot (2 s)
+    counters = prober.counters(target)
+    assert (counters.inconclusive, counters.failures) == (1, 0)
+    assert prober.health(target).state == "up" and prober.health(target).successes == 2
+    assert [t.new for _, t in rec.transitions] == ["up"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mhd.prober"]
+    assert len(warnings) == 1 and "event loop stalled for" in warnings[0], warnings
+
+
+@aio
+async def test_timeouts_still_count_when_the_loop_is_responsive() -> None:
+    """The guard hides nothing else: a server that accepts and never answers goes down."""
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(type="http", interval=0.1, timeout=0.05, rise=1, fall=2, initial_state="up")
+    async with tcp_server(tarpit) as port:
+        target = Target("web", LO, port, spec)
+        prober.set_targets([target])
+        await prober.start()
+        await until(lambda: prober.health(target).state == "down")
+        await prober.stop()
+    assert rec.transitions[0][1].reason == "2 consecutive failures, last: timeout after 0.05s"
+    assert prober.counters(target).inconclusive == 0
