@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
-from fakes import FakeDaemon
+from fakes import FakeDaemon, health
 
 from mhd import api as api_module
-from mhd.api import MAX_BODY, Api, openapi, start
+from mhd.api import MAX_BODY, Api, StatusBodies, openapi, start
 from mhd.daemon import Daemon
 from mhd.metrics import Metrics
 from mhd.model import Stats
@@ -136,6 +136,26 @@ async def test_status_reports_daemon_services_and_servers(tmp_path: Path) -> Non
     v6 = doc["services"][2]
     assert v6["panic"] is True and v6["servers_in_kernel"] == 2 and v6["servers_up"] == 1
     assert v6["servers"][1]["name"] == "[2001:db8:1::2]:443"
+
+
+@aio
+async def test_status_requests_that_arrive_together_share_one_build(tmp_path: Path) -> None:
+    """A build walks every server on the daemon's loop: concurrent requests must not each pay it."""
+    d = make_daemon(tmp_path)
+    bodies = StatusBodies(d)
+    async with TestClient(TestServer(Api(d, Metrics(d), trusted=False, bodies=bodies).app())) as client:
+        responses = await asyncio.gather(*(client.get("/v1/status") for _ in range(50)))
+        assert {r.status for r in responses} == {200}
+        assert {r.content_type for r in responses} == {"application/json"}
+        docs = [await r.json() for r in responses]
+        assert all(doc == docs[0] for doc in docs)
+        assert bodies.builds < 25, bodies.builds
+        # Never stale: a change is in the next answer.
+        d.set_health("web", "10.0.0.2:80", health("down"))
+        d.refresh()
+        doc = await get_json(client, "/v1/status")
+        web_servers = {s["name"]: s["health"] for s in doc["services"][0]["servers"]}
+        assert web_servers["10.0.0.2:80"] == "down"
 
 
 @aio
