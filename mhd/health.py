@@ -19,7 +19,7 @@ and between two transitions in opposite directions there are at least ``rise`` (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from mhd.checkers import CheckResult
 from mhd.checkspec import CheckSpec
@@ -36,9 +36,10 @@ class Transition:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What is known about one server; successes/failures count the current streak only."""
+class Health(NamedTuple):
+    """What is known about one server; successes/failures count the current streak only.
+
+    Immutable; a NamedTuple rather than a frozen dataclass because every probe builds one."""
 
     state: State = "unknown"
     successes: int = 0
