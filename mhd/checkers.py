@@ -130,6 +130,7 @@ def _timeout_detail(timeout: float) -> str:
 TICK = 0.001  # seconds: timers due within one tick of each other fire together
 HEARTBEAT = 0.025  # seconds: while anything is scheduled, the timers look at the clock this often
 STALL_MIN = 0.005  # seconds: a timer this late (or later) is recorded as a stall of the loop
+FIRE_BUDGET = 0.005  # seconds of callbacks in one go (a burst after a stall) before I/O gets a turn
 STALLS_KEPT = 4096  # stall records kept (~100 a second at most under saturation, see stalled())
 Token = list[Any]  # [callback or None when cancelled / _EXPIRED when fired, argument]
 
@@ -147,6 +148,8 @@ class Timers:
     asyncio keeps its timers in a heap of `TimerHandle`s compared by a Python ``__lt__``; at
     10,000 checks/s (a due time and a deadline each) that heap costs more CPU than the TCP
     probe. Here comparisons are on floats in C, and the loop is woken at most once per `TICK`.
+    A burst of due timers (after a stall, or 10,000 checks configured at once) runs in slices of
+    `FIRE_BUDGET`, so that the loop takes in completed I/O in between.
 
     It is also the loop's stall detector: every time it fires it notes how late it is, and while
     anything is scheduled it fires at least every `HEARTBEAT`, so a loop blocked for longer than
@@ -177,19 +180,28 @@ class Timers:
         self._timer = self._loop.call_at(at, self._fire)
 
     def _fire(self) -> None:
-        now = self._loop.time()
-        if now - self._timer_at >= STALL_MIN:
-            self.stalls.note(self._timer_at, now)
+        clock = self._loop.time
+        started = clock()
+        if started - self._timer_at >= STALL_MIN:
+            self.stalls.note(self._timer_at, started)
         # The loop runs a timer when it is due within its clock resolution: trust it.
-        now = max(now, self._timer_at)
+        now = max(started, self._timer_at)
         self._timer, self._timer_at = None, math.inf
         heap = self._heap
+        fired = 0
         while heap and heap[0][0] <= now:
             token = heapq.heappop(heap)[2]
             callback = token[0]
             if callback is not None:
                 token[0] = _EXPIRED
-                callback(token[1])
+                try:
+                    callback(token[1])
+                except Exception:
+                    log.exception("timer callback failed")
+                fired += 1
+                if not fired % 64 and clock() - started > FIRE_BUDGET:
+                    self._arm(clock())  # the rest after the loop has looked at its sockets
+                    return
         if heap:
             self._arm(max(min(heap[0][0], now + HEARTBEAT), now + TICK))
 

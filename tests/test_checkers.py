@@ -28,7 +28,7 @@ from servers import (
     until,
 )
 
-from mhd.checkers import CheckResult, Probes, build_query, parse_header, probe
+from mhd.checkers import CheckResult, Probes, build_query, parse_header, probe, timers
 from mhd.checkspec import CheckSpec
 
 # --- tcp --------------------------------------------------------------------------------------
@@ -485,3 +485,21 @@ async def test_many_concurrent_deadlines_fire_in_order() -> None:
     for t, r in zip(timeouts, results, strict=True):
         assert r.detail == f"timeout after {t:g}s"
         assert t <= r.latency < t + 0.5  # margin for a loaded 2-core CI machine
+
+
+@aio
+async def test_a_burst_of_due_timers_runs_in_slices() -> None:
+    """After a stall every check is due at once: the timers yield to the loop between slices."""
+    loop = asyncio.get_running_loop()
+    alarm = timers(loop)
+    order: list[object] = []
+
+    def slow(i: int) -> None:
+        time.sleep(0.0002)
+        order.append(i)
+
+    for i in range(500):
+        alarm.call_at(loop.time(), slow, i)
+    loop.call_later(0.002, order.append, "other")
+    await until(lambda: len(order) == 501)
+    assert 0 < order.index("other") < 250
