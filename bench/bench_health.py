@@ -21,8 +21,12 @@ reported as a multiple of it, which stays comparable across runs on a noisy shar
 absolute figures drift. On loopback the server's half of the handshake runs inside the client's
 connect() (softirq on the client's CPU), so both the floor and the prober pay for it.
 
+With ``--rps`` (root) it runs in a private network namespace whose loopback does its receive
+work on the other CPUs, so that the servers' half of the handshakes leaves the prober's CPU, as
+it does on a real director; the floor is then measured the same way.
+
 Usage: .venv/bin/python bench/bench_health.py [--tcp 10000] [--http 3000] [--interval 1.0]
-       [--soak 60] [--cpu 0] [--no-metrics]
+       [--soak 60] [--cpu 0] [--no-metrics] [--rps]
 """
 
 from __future__ import annotations
@@ -332,6 +336,22 @@ async def bench(args: argparse.Namespace) -> bool:
     return ok
 
 
+IN_NETNS = "MHD_BENCH_NETNS"
+
+
+def in_private_netns(cpu: int) -> int:
+    """Run this command again in a new network namespace whose loopback hands every received
+    packet to the other CPUs (RPS): the servers' half of each handshake, which loopback otherwise
+    runs inside the prober's connect(), and the SYN-ACKs, then cost the prober's CPU nothing, as
+    when the servers are other machines and the NIC's receive work lands on other cores."""
+    mask = sum(1 << c for c in range(os.cpu_count() or 1) if c != cpu)
+    if not mask:
+        raise SystemExit("--rps needs a second CPU")
+    script = f'ip link set lo up && echo {mask:x} > /sys/class/net/lo/queues/rx-0/rps_cpus && exec "$@"'
+    argv = ["unshare", "--net", "sh", "-c", script, "sh", sys.executable, *sys.argv]
+    return subprocess.run(argv, env={**os.environ, IN_NETNS: "1"}, check=False).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tcp", type=int, default=10_000, help="TCP servers (default 10000)")
@@ -344,11 +364,18 @@ def main() -> int:
     parser.add_argument(
         "--no-metrics", dest="metrics", action="store_false", help="without the daemon's Prometheus hook"
     )
+    parser.add_argument(
+        "--rps",
+        action="store_true",
+        help="in a private network namespace whose loopback receive path runs on the other CPUs (root)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_nofile()
     cpus = os.sched_getaffinity(0)
     cpu = min(cpus) if args.cpu is None else args.cpu
+    if args.rps and not os.environ.get(IN_NETNS):
+        return in_private_netns(cpu)
     if args.serve:
         others = set(range(os.cpu_count() or 1)) - {cpu}
         if others:
@@ -358,7 +385,8 @@ def main() -> int:
     args.soak = min(args.soak, 600.0)
     servers = start_servers(args.tcp, args.http, cpu)
     os.sched_setaffinity(0, {cpu})  # one core for the prober
-    print(f"prober on CPU {cpu}, servers on the others; soak {args.soak:g}s per phase", flush=True)
+    where = "; loopback receive path on the others (RPS, private netns)" if args.rps else ""
+    print(f"prober on CPU {cpu}, servers on the others{where}; soak {args.soak:g}s per phase", flush=True)
     try:
         ok = asyncio.run(bench(args))
     finally:
