@@ -496,13 +496,16 @@ class Probes:
             sock = record[0]
             record[0] = None
             latency = now - record[3]
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if mask & _EPOLL_ERR else 0
+            try:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if mask & _EPOLL_ERR else 0
+                if not err:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            except OSError as e:
+                err = e.errno or errno.EIO
+            sock.close()
             if err:
-                sock.close()
                 result = CheckResult(False, latency, errno_detail(err), wall - latency)
             else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-                sock.close()
                 result = CheckResult(True, latency, "connected", wall - latency)
             try:
                 record[1](record[2], result, now)
