@@ -327,6 +327,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 # --- probes in flight, and the tcp fast path --------------------------------------------------
 
 _STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_POLL_MAX = 1024  # completions taken per drain; the loop calls again while the epoll is readable
 _EPOLL_ERR = select.EPOLLERR | select.EPOLLHUP
 
 
@@ -476,14 +477,15 @@ class Probes:
             now = self._loop.time()
             record[1](record[2], CheckResult(ok, now - record[3], detail, time.time()), now)
 
-    def _drain(self) -> None:
-        """Every connect the epoll reports as finished: connected, refused, reset, unreachable."""
+    def _drain(self) -> int:
+        """Every connect the epoll reports as finished (connected, refused, reset, unreachable),
+        up to `_POLL_MAX` of them; returns how many events there were."""
         epoll = self._epoll
         if epoll is None:
-            return
-        events = epoll.poll(0)
+            return 0
+        events = epoll.poll(0, _POLL_MAX)
         if not events:
-            return
+            return 0
         serial, self._serial = self._serial, self._serial + 1
         connects = self._connects
         now = self._loop.time()
@@ -511,11 +513,13 @@ class Probes:
                 record[1](record[2], result, now)
             except Exception:
                 log.exception("probe callback failed")
+        return len(events)
 
     def _sweep(self, q: _Deadlines) -> None:
         """Time out the connects of ``q`` past their deadline, after taking in every completion."""
         q.sweep = None
-        self._drain()
+        while self._drain() == _POLL_MAX:
+            pass
         now = self._loop.time()
         entries = q.entries
         wall = time.time()
