@@ -264,6 +264,16 @@ def veth(
     return name_a, name_b
 
 
+def link_servers(director: str, servers: str, link: str, route: str, *, name: str = "tosrv",
+                 peer: str = "todir") -> None:
+    """Wire `director` to a namespace of real servers: a veth (`name` LINK.1/24 in the director,
+    `peer` LINK.2/24 in `servers`) and a route to `route` (the servers' addresses, e.g. on
+    their loopback) via LINK.2.  `link` is three octets, "10.66.1"."""
+    veth(director, servers, name_a=name, name_b=peer, addrs_a=[f"{link}.1/24"],
+         addrs_b=[f"{link}.2/24"])
+    run(["ip", "-n", director, "route", "add", route, "via", f"{link}.2"])
+
+
 def add_addresses(ns: str, dev: str, addrs: Iterable[str]) -> int:
     """Add many addresses (CIDR strings) to `dev` with one `ip -batch`; returns the count.
 

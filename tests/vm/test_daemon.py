@@ -10,24 +10,8 @@ from pathlib import Path
 
 import netns as nsh
 import pytest
+from configs import dns_config
 from daemon_proc import START_TIMEOUT, Daemon, wait_for
-
-
-def daemon_config(vip: str, servers: dict[str, int], interval: str = "1s") -> str:
-    lines = [
-        f"reconcile-interval: {interval}",
-        "api: {listen: '', socket: ''}",
-        "services:",
-        "  - name: dns",
-        f"    address: {vip}",
-        "    port: 53",
-        "    protocol: udp",
-        "    mh-port: true",
-        "    check: {type: none}",
-        "    servers:",
-    ]
-    lines += [f"      - {{address: {s}, weight: {w}}}" for s, w in servers.items()]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -35,17 +19,15 @@ def daemon(
     netns: nsh.NetnsFactory, tmp_path: Path, venv_python: str
 ) -> Iterator[tuple[Daemon, nsh.Topology]]:
     t = nsh.make_topology(netns("dir"), netns("cli"))
-    d = Daemon(t.director, tmp_path / "mhd.yaml", tmp_path / "state", tmp_path / "mhd.log", venv_python)
+    d = Daemon.make(t.director, tmp_path, "mhd", venv_python)
     yield d, t
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+    d.kill()
 
 
 def test_daemon_lifecycle(daemon: tuple[Daemon, nsh.Topology], report) -> None:
     d, t = daemon
     servers = {t.rs(i): 1 for i in range(1, 6)}
-    d.config.write_text(daemon_config(t.vip, servers))
+    d.config.write_text(dns_config(t.vip, servers, reconcile_interval="1s"))
     t0 = time.monotonic()
     d.start()
     report(f"daemon start to ready: {time.monotonic() - t0:.1f}s")
@@ -70,7 +52,7 @@ def test_daemon_lifecycle(daemon: tuple[Daemon, nsh.Topology], report) -> None:
     assert nsh.ipvsadm_save(t.director) == expected
 
     # A good edit on SIGHUP: a weight change, applied in place (same list order).
-    d.config.write_text(daemon_config(t.vip, {**servers, t.rs(3): 5}))
+    d.config.write_text(dns_config(t.vip, servers, weights={t.rs(3): 5}, reconcile_interval="1s"))
     d.signal(signal.SIGHUP)
     edited = expected.replace(f"-r {t.rs(3)}:53 -m -w 1", f"-r {t.rs(3)}:53 -m -w 5")
     wait_for(lambda: nsh.ipvsadm_save(t.director) == edited, 30, "weight edit applied")
@@ -88,7 +70,7 @@ def test_daemon_lifecycle(daemon: tuple[Daemon, nsh.Topology], report) -> None:
 
 def test_second_daemon_on_the_same_state_dir_is_refused(daemon: tuple[Daemon, nsh.Topology]) -> None:
     d, t = daemon
-    d.config.write_text(daemon_config(t.vip, {t.rs(1): 1}))
+    d.config.write_text(dns_config(t.vip, [t.rs(1)], reconcile_interval="1s"))
     d.start()
     other = subprocess.run(
         ["ip", "netns", "exec", t.director, d.python, "-m", "mhd.daemon", "-c", str(d.config),
@@ -105,10 +87,10 @@ def test_reload_storm_and_kill_9(daemon: tuple[Daemon, nsh.Topology]) -> None:
     restart perform zero netlink writes."""
     d, t = daemon
     servers = {t.rs(i): 1 for i in range(1, 9)}
-    d.config.write_text(daemon_config(t.vip, servers, interval="30s"))
+    d.config.write_text(dns_config(t.vip, servers, reconcile_interval="30s"))
     d.start()
     before = nsh.ipvsadm_save(t.director)
-    d.config.write_text(daemon_config(t.vip, {**servers, t.rs(4): 3}, interval="30s"))
+    d.config.write_text(dns_config(t.vip, servers, weights={t.rs(4): 3}, reconcile_interval="30s"))
     for _ in range(100):
         d.signal(signal.SIGHUP)
     edited = before.replace(f"-r {t.rs(4)}:53 -m -w 1", f"-r {t.rs(4)}:53 -m -w 3")

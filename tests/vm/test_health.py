@@ -15,6 +15,7 @@ from pathlib import Path
 
 import netns as nsh
 import pytest
+from configs import dns_config, http_check
 from daemon_proc import Daemon, wait_for
 
 SERVERS = [f"10.77.0.{i}" for i in range(1, 6)]
@@ -23,20 +24,8 @@ SLACK = 15.0  # TCG on a shared 2-core host: generous; bench/ measures the real 
 
 
 def config(vip: str) -> str:
-    lines = [
-        "reconcile-interval: 5s",
-        "api: {listen: '', socket: ''}",
-        "services:",
-        "  - name: dns",
-        f"    address: {vip}",
-        "    port: 53",
-        "    protocol: udp",
-        "    mh-port: true",
-        f"    check: {{type: http, port: 8080, path: /healthz, interval: {INTERVAL}s, timeout: 2s, rise: {RISE}, fall: {FALL}}}",
-        "    servers:",
-    ]
-    lines += [f"      - {s}" for s in reversed(SERVERS)]
-    return "\n".join(lines) + "\n"
+    check = http_check(8080, INTERVAL, 2, rise=RISE, fall=FALL)
+    return dns_config(vip, reversed(SERVERS), check=check, reconcile_interval="5s")
 
 
 @dataclass
@@ -73,24 +62,9 @@ def lab(netns: nsh.NetnsFactory, tmp_path: Path, venv_python: str, repo_root: Pa
     directors, daemons = [], []
     for i, name in enumerate(("da", "db")):
         t = nsh.make_topology(netns(name), netns(f"c{name}"))
-        link = f"10.66.{i + 1}"
-        nsh.veth(
-            t.director,
-            srv,
-            name_a="tosrv",
-            name_b=f"to{name}",
-            addrs_a=[f"{link}.1/24"],
-            addrs_b=[f"{link}.2/24"],
-        )
-        nsh.run(["ip", "-n", t.director, "route", "add", "10.77.0.0/24", "via", f"{link}.2"])
+        nsh.link_servers(t.director, srv, f"10.66.{i + 1}", "10.77.0.0/24", peer=f"to{name}")
         directors.append(t)
-        d = Daemon(
-            t.director,
-            tmp_path / f"{name}.yaml",
-            tmp_path / f"{name}-state",
-            tmp_path / f"{name}.log",
-            venv_python,
-        )
+        d = Daemon.make(t.director, tmp_path, name, venv_python)
         d.config.write_text(config(t.vip))
         daemons.append(d)
     lab = Lab(directors, daemons, srv, {}, venv_python, repo_root)
@@ -98,9 +72,7 @@ def lab(netns: nsh.NetnsFactory, tmp_path: Path, venv_python: str, repo_root: Pa
         lab.start_http(s)
     yield lab
     for d in daemons:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+        d.kill()
     for address in list(lab.http):
         lab.stop_http(address)
 

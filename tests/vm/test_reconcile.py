@@ -8,6 +8,7 @@ from pathlib import Path
 
 import netns as nsh
 import pytest
+from configs import dns_config
 
 from mhd.config import loads
 from mhd.ipvs import IpvsClient
@@ -15,24 +16,6 @@ from mhd.reconcile import Outcome, reconcile
 from mhd.state import StateDir
 
 UDP_PORT = 53
-
-
-def config_text(
-    vip: str, servers: list[str], *, weights: dict[str, int] | None = None, extra: str = ""
-) -> str:
-    weights = weights or {}
-    lines = [
-        "services:",
-        "  - name: dns",
-        f"    address: {vip}",
-        f"    port: {UDP_PORT}",
-        "    protocol: udp",
-        "    mh-port: true",
-        "    check: {type: none}",
-        "    servers:",
-    ]
-    lines += [f"      - {{address: {s}, weight: {weights.get(s, 1)}}}" for s in servers]
-    return "\n".join(lines) + "\n" + extra
 
 
 def apply_in(ns: str, text: str, state_dir: Path, *, dry_run: bool = False) -> Outcome:
@@ -61,7 +44,7 @@ def test_mhctl_apply_creates_exactly_the_declared_state(
     t = director
     servers = [t.rs(i) for i in (3, 1, 2)]
     cfg = tmp_path / "mhd.yaml"
-    cfg.write_text(config_text(t.vip, servers, weights={t.rs(2): 3}))
+    cfg.write_text(dns_config(t.vip, servers, weights={t.rs(2): 3}))
     out = mhd_cmd(t.director, "apply", str(cfg), "--state-dir", str(tmp_path / "state"))
     assert "applied 4 operations" in out.stdout
     saved = nsh.ipvsadm_save(t.director)
@@ -81,18 +64,18 @@ def test_mhctl_apply_creates_exactly_the_declared_state(
 def test_reapply_is_a_no_op_and_edits_happen_in_place(director: nsh.Topology, tmp_path: Path) -> None:
     t = director
     servers = [t.rs(i) for i in range(1, 6)]
-    first = apply_in(t.director, config_text(t.vip, servers), tmp_path)
+    first = apply_in(t.director, dns_config(t.vip, servers), tmp_path)
     assert not first.failures and len(first.ops) == 6
-    assert apply_in(t.director, config_text(t.vip, servers), tmp_path).ops == []
+    assert apply_in(t.director, dns_config(t.vip, servers), tmp_path).ops == []
     before = nsh.ipvsadm_save(t.director)
-    edit = apply_in(t.director, config_text(t.vip, servers, weights={t.rs(3): 4}), tmp_path)
+    edit = apply_in(t.director, dns_config(t.vip, servers, weights={t.rs(3): 4}), tmp_path)
     assert [op.kind for op in edit.ops] == ["edit-dest"]
     after = nsh.ipvsadm_save(t.director)
     assert after == before.replace(f"-r {t.rs(3)}:53 -m -w 1", f"-r {t.rs(3)}:53 -m -w 4")
     # A flag change is a service edit, not a re-creation: the destinations stay as they are.
     flags = apply_in(
         t.director,
-        config_text(t.vip, servers, weights={t.rs(3): 4}).replace("mh-port: true", "mh-port: false"),
+        dns_config(t.vip, servers, weights={t.rs(3): 4}).replace("mh-port: true", "mh-port: false"),
         tmp_path,
     )
     assert [op.kind for op in flags.ops] == ["edit-service"]
@@ -104,7 +87,7 @@ def test_unmanaged_services_stay_untouched(director: nsh.Topology, tmp_path: Pat
     nsh.ipvsadm(t.director, "-A", "-t", "10.9.9.9:80", "-s", "rr")
     nsh.ipvsadm(t.director, "-a", "-t", "10.9.9.9:80", "-r", "10.1.9.9:80", "-m")
     foreign = [line for line in nsh.ipvsadm_save(t.director).splitlines() if "10.9.9.9" in line]
-    outcome = apply_in(t.director, config_text(t.vip, [t.rs(1)]), tmp_path)
+    outcome = apply_in(t.director, dns_config(t.vip, [t.rs(1)]), tmp_path)
     assert [str(k) for k in outcome.unmanaged] == ["tcp:10.9.9.9:80"]
     assert all("10.9.9.9" not in str(op.service.key) for op in outcome.ops)
     # Removing every service from the config deletes only mhd's own.
@@ -129,12 +112,12 @@ def test_canonical_order_gives_identical_mappings_whatever_the_history(
     shuffled = servers[:]
     rng.shuffle(shuffled)
     # Director 1: YAML in address order, applied once.
-    apply_in(t1.director, config_text(t1.vip, servers), tmp_path / "s1")
+    apply_in(t1.director, dns_config(t1.vip, servers), tmp_path / "s1")
     # Director 2: another YAML order, and a history: 3 servers fail and recover, one at a time.
-    apply_in(t2.director, config_text(t2.vip, shuffled), tmp_path / "s2")
+    apply_in(t2.director, dns_config(t2.vip, shuffled), tmp_path / "s2")
     for victim in (shuffled[4], shuffled[11], shuffled[0]):
-        apply_in(t2.director, config_text(t2.vip, [s for s in shuffled if s != victim]), tmp_path / "s2")
-    apply_in(t2.director, config_text(t2.vip, list(reversed(shuffled))), tmp_path / "s2")
+        apply_in(t2.director, dns_config(t2.vip, [s for s in shuffled if s != victim]), tmp_path / "s2")
+    apply_in(t2.director, dns_config(t2.vip, list(reversed(shuffled))), tmp_path / "s2")
     # Director 3: servers added by hand in a random order first, then adopted by mhd.
     nsh.ipvsadm(t3.director, "-A", "-u", f"{t3.vip}:53", "-s", "mh", "-b", "mh-port")
     for s in shuffled:
@@ -142,7 +125,7 @@ def test_canonical_order_gives_identical_mappings_whatever_the_history(
     control_order = nsh.ipvs_services(t3.director)[f"udp {t3.vip}:53"].dest_addrs()
     flows = t1.flows(20_000)
     control = nsh.udp_flow_map(t3.client, t3.director, flows[:5000], t3.vip, UDP_PORT)
-    apply_in(t3.director, config_text(t3.vip, servers), tmp_path / "s3")
+    apply_in(t3.director, dns_config(t3.vip, servers), tmp_path / "s3")
 
     saves = [nsh.ipvsadm_save(t.director).replace(t.vip, "VIP") for t in (t1, t2, t3)]
     assert saves[0] == saves[1] == saves[2]
