@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 COMPAT := .venv-pyroute2-0.7/bin/python
 HOST_TESTS := tests --ignore=tests/vm
 
-.PHONY: setup demo test lint host-tests compat-tests vm-tests kmod-check bench clean
+.PHONY: setup demo test lint host-tests compat-tests vm-tests kmod-check pkg-versions pkg-build pkg-vm-test bench clean
 
 setup:
 	scripts/setup
@@ -13,8 +13,9 @@ setup:
 demo: setup
 	tests/vm/run --shell-cmd 'bash scripts/demo'
 
-## Everything CI runs: lint, host tests (twice: pyroute2 0.9 and 0.7.2), kmod build, real-kernel suite.
-test: setup lint host-tests compat-tests kmod-check vm-tests
+## Everything CI runs: lint, host tests (twice: pyroute2 0.9 and 0.7.2), kmod build, Debian packages
+## (build + lintian), real-kernel suite, package install test under systemd (with DKMS) in a VM.
+test: setup lint host-tests compat-tests kmod-check pkg-build vm-tests pkg-vm-test
 
 lint:
 	$(VENV)/bin/ruff check mhd tests bench
@@ -32,6 +33,16 @@ kmod-check:
 
 vm-tests:
 	tests/vm/run -q
+
+## Debian packages: versions agree (cheap); build + lintian into .vm-work/pkg; install test in a VM.
+pkg-versions:
+	tests/pkg/check-versions
+
+pkg-build:
+	tests/pkg/build
+
+pkg-vm-test:
+	tests/pkg/vm-install-test
 
 bench: setup
 	$(PY) bench/bench_maglev.py
