@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -197,10 +198,9 @@ class Api:
             raise ApiError(404, f"no service named '{name}' in {self.daemon.config_path}")
         return json_response(doc)
 
-    def _live(self, name: str) -> tuple[Service, Model]:
-        """The service as the kernel holds it now (list order as dumped) and the kernel's model."""
-        from .predict import Model
-
+    def _live(self, name: str, predict: Any) -> tuple[Service, Model]:
+        """The service as the kernel holds it now (list order as dumped) and the kernel's model
+        (`predict` is the mhd.predict module, from `predict_module()`)."""
         config = self.daemon.config
         svc = config.by_name(name) if config else None
         if svc is None:
@@ -217,14 +217,13 @@ class Api:
         variant = (
             module if module in ("intree", "backport") else ((info.mh_variant if info else None) or "intree")
         )
-        return live, Model(info.mh_tab_index if info else 12, variant)  # type: ignore[arg-type]
+        return live, predict.Model(info.mh_tab_index if info else 12, variant)
 
     async def get_table(self, request: web.Request) -> web.StreamResponse:
         """Each server's share of the kernel's Maglev table, computed from the live list order."""
-        from .predict import table
-
-        live, model = self._live(request.match_info["name"])
-        t = await asyncio.to_thread(table, live, model)
+        predict = await predict_module()
+        live, model = self._live(request.match_info["name"], predict)
+        t = await asyncio.to_thread(predict.table, live, model)
         servers = [
             {"server": str(d.key), "weight": d.weight, "share": share}
             for d, share in zip(live.dests, t.slot_shares(), strict=True)
@@ -241,15 +240,14 @@ class Api:
 
     async def get_predict(self, request: web.Request) -> web.StreamResponse:
         """Which server each `client` (addr or addr:port, repeatable, up to 10,000) goes to now."""
-        from .predict import parse_client, predict
-
-        live, model = self._live(request.match_info["name"])
+        predict = await predict_module()
+        live, model = self._live(request.match_info["name"], predict)
         texts = request.query.getall("client", [])
         if not texts or len(texts) > 10_000:
             raise ApiError(400, "give 1 to 10,000 clients as ?client=ADDR[:PORT]&client=...")
         try:
-            clients = [parse_client(c) for c in texts]
-            picks = await asyncio.to_thread(predict, live, clients, model)
+            clients = [predict.parse_client(c) for c in texts]
+            picks = await asyncio.to_thread(predict.predict, live, clients, model)
         except ValueError as exc:
             raise ApiError(400, f"bad client: {exc}") from None
         return json_response(
@@ -331,6 +329,18 @@ class Api:
             service, name, "disabled" if disabled else "enabled", describe_peer(request),
         )  # fmt: skip
         return json_response({"service": service, "server": name, "disabled": disabled})
+
+
+_PREDICT: Any = None
+
+
+async def predict_module() -> Any:
+    """mhd.predict, imported in a worker thread the first time: it imports numpy, whose import on
+    the daemon's loop would stall every probe (90 ms on a host core, over a second under emulation)."""
+    global _PREDICT
+    if _PREDICT is None:
+        _PREDICT = await asyncio.to_thread(importlib.import_module, f"{__package__}.predict")
+    return _PREDICT
 
 
 def read_token(path: str) -> str:

@@ -199,9 +199,12 @@ class SlotShares:
         return self._model
 
     def shares(self, observed: Service, tab_index: int, variant: str) -> dict[DestKey, float]:
-        """The shares if known for this exact list; otherwise {} now, and computed for a later scrape."""
-        model = self.model()
-        if model is None or not observed.dests:
+        """The shares if known for this exact list; otherwise {} now, and computed for a later scrape.
+
+        The model is imported by the worker too: numpy's import on the daemon's loop stalled every
+        probe on the first scrape (90 ms on a host core, over a second under emulation).
+        """
+        if (self._looked_up and self._model is None) or not observed.dests:
             return {}
         signature = (tuple((d.key, d.weight) for d in observed.dests), tab_index, variant)
         with self._lock:
@@ -213,18 +216,18 @@ class SlotShares:
             self._pending.add(observed.key)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mhd-maglev")
-        self._executor.submit(self._compute, model, observed, signature, tab_index, variant)
+        self._executor.submit(self._compute, observed, signature, tab_index, variant)
         return {}
 
-    def _compute(
-        self, model: Any, observed: Service, signature: object, tab_index: int, variant: str
-    ) -> None:
+    def _compute(self, observed: Service, signature: object, tab_index: int, variant: str) -> None:
         shares: dict[DestKey, float] = {}
+        model = self.model()  # in the worker: see shares()
         try:
-            dests = [model.MhDest(str(d.key.address), d.key.port, d.weight) for d in observed.dests]
-            family = 6 if observed.key.family == socket.AF_INET6 else 4
-            table = model.build_table(dests, tab_index=tab_index, variant=variant, family=family)
-            shares = dict(zip((d.key for d in observed.dests), table.slot_shares(), strict=True))
+            if model is not None:
+                dests = [model.MhDest(str(d.key.address), d.key.port, d.weight) for d in observed.dests]
+                family = 6 if observed.key.family == socket.AF_INET6 else 4
+                table = model.build_table(dests, tab_index=tab_index, variant=variant, family=family)
+                shares = dict(zip((d.key for d in observed.dests), table.slot_shares(), strict=True))
         except Exception:
             log.exception("Maglev model failed for %s", observed.key)
         with self._lock:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
 import socket
 import stat
 import threading
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -336,6 +338,25 @@ async def test_openapi_is_served_and_documents_every_route(tmp_path: Path) -> No
     assert routes - {("head", p) for _, p in routes} == documented
     async with served(d, trusted=True) as client:
         assert await get_json(client, "/v1/openapi.json") == openapi()
+
+
+@aio
+async def test_the_maglev_model_is_imported_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/table and /predict need numpy: imported on the daemon's loop it stalled every probe."""
+    seen: list[tuple[str, bool]] = []
+
+    def spy(name: str) -> Any:
+        seen.append((name, threading.current_thread() is threading.main_thread()))
+        return importlib.import_module(name)
+
+    monkeypatch.setattr(api_module, "importlib", types.SimpleNamespace(import_module=spy))
+    monkeypatch.setattr(api_module, "_PREDICT", None)
+    async with served(make_daemon(tmp_path), trusted=False) as client:
+        await get_json(client, "/v1/services/web/table")
+        await get_json(client, "/v1/services/web/predict?client=198.51.100.7")
+    assert seen == [("mhd.predict", False)]
 
 
 # --- the real listeners -------------------------------------------------------------------------------

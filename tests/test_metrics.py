@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from fakes import FakeDaemon, health, key
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mhd import metrics as metrics_module
 from mhd.checkers import CheckResult
 from mhd.metrics import Metrics, render_families
 from mhd.model import Stats
@@ -182,6 +185,23 @@ def test_slot_shares_from_the_maglev_model(tmp_path: Path) -> None:
     started = time.perf_counter()
     scrape(metrics)  # cached: no table is rebuilt while the kernel's lists are unchanged
     assert time.perf_counter() - started < 0.5
+
+
+def test_the_maglev_model_is_imported_off_the_scraping_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape runs on the daemon's loop: importing numpy there stalled every probe (seconds under TCG)."""
+    seen: list[tuple[str, bool]] = []
+
+    def spy(name: str) -> Any:
+        seen.append((name, threading.current_thread() is threading.main_thread()))
+        return importlib.import_module(name)
+
+    monkeypatch.setattr(metrics_module, "importlib", types.SimpleNamespace(import_module=spy))
+    metrics = Metrics(make_daemon(tmp_path))
+    scrape(metrics)
+    metrics.collector.slots.wait()
+    assert seen == [("mhd.maglev", False)]
 
 
 def test_fast_exposition_equals_prometheus_client(tmp_path: Path) -> None:
