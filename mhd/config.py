@@ -137,6 +137,10 @@ class Config:
     def by_name(self, name: str) -> ServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)
 
+    @cached_property
+    def server_count(self) -> int:
+        return sum(len(s.servers) for s in self.services)
+
     def schedulers(self) -> set[str]:
         return {s.scheduler for s in self.services}
 

@@ -38,6 +38,9 @@ from .yamlsource import ConfigError
 
 log = logging.getLogger("mhd")
 
+# The services a reload dropped and those it brought (changed ones appear in both).
+Replaced = tuple[tuple[ServiceConfig, ...], tuple[ServiceConfig, ...]]
+
 
 @dataclass
 class ReloadResult:
@@ -98,7 +101,7 @@ class Daemon:
         return self._reloader.load(self.config_path)
 
     def _adopt(
-        self, config: Config, replaced: tuple[list[ServiceConfig], list[ServiceConfig]] | None = None
+        self, config: Config, replaced: Replaced | None = None
     ) -> None:
         """Make `config` the running one: new targets start, unchanged ones keep their health.
 
@@ -159,6 +162,7 @@ class Daemon:
 
     def _reload(self) -> ReloadResult:
         sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        started = time.monotonic()
         try:
             config = self._load()
         except ConfigError as exc:
@@ -172,11 +176,14 @@ class Daemon:
                 log.warning(
                     "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
                 )
-            replaced = replaced_services(self.config, config)
+            replaced = self._reloader.replaced or replaced_services(self.config, config)
             changed = changed_services(self.config, config, replaced)
             self._adopt(config, replaced)
             self._pending |= changed
-            log.info("reloaded %s: %d services changed", self.config_path, len(changed))
+            log.info(
+                "reloaded %s: %d services changed (read and adopted in %.3fs)",
+                self.config_path, len(changed), time.monotonic() - started,
+            )  # fmt: skip
             result = ReloadResult(True, time.time(), [], config.sha256)
         self.last_reload = result
         self.reload_counts["ok" if result.ok else "error"] += 1
@@ -238,7 +245,7 @@ class Daemon:
             return "starting"
         members = self.outcome.members
         up = sum(m.healthy for m in members.values())
-        total = sum(len(s.servers) for s in self.config.services)
+        total = self.config.server_count
         panic = sum(1 for m in members.values() if m.panic)
         line = f"{len(self.config.services)} services, {up}/{total} servers up"
         if panic:
@@ -382,17 +389,17 @@ class Daemon:
         return 0
 
 
-def replaced_services(old: Config, new: Config) -> tuple[list[ServiceConfig], list[ServiceConfig]]:
+def replaced_services(old: Config, new: Config) -> Replaced:
     """The services of `old` that `new` does not hold as the very same object, and the new ones.
 
     An incremental load (`mhd.config_reload`) reuses every service it did not re-read, so this is
     the edit, found without hashing 1,000 keys; after a full load it is every service."""
     kept = {id(s) for s in old.services} & {id(s) for s in new.services}
-    return [s for s in old.services if id(s) not in kept], [s for s in new.services if id(s) not in kept]
+    return tuple(s for s in old.services if id(s) not in kept), tuple(s for s in new.services if id(s) not in kept)
 
 
 def changed_services(
-    old: Config, new: Config, replaced: tuple[list[ServiceConfig], list[ServiceConfig]] | None = None
+    old: Config, new: Config, replaced: Replaced | None = None
 ) -> set[ServiceKey]:
     """Keys of the services a reload adds, removes or changes: what a scoped pass must look at."""
     gone, came = replaced or replaced_services(old, new)

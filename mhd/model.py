@@ -83,6 +83,16 @@ class ServiceKey:
     address: IPAddress | None = None
     port: int = 0
 
+    def __hash__(self) -> int:
+        # Hashed once, and not through ipaddress's hex(): services are dict and set keys of every
+        # pass and reload.
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            address = int(self.address) if self.address is not None else 0
+            cached = hash((self.family, self.fwmark, self.protocol, address, self.port))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     def __str__(self) -> str:
         if self.fwmark:
             return f"fwmark:{self.fwmark}/{family_name(self.family)}"
