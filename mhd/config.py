@@ -141,6 +141,31 @@ class Config:
     def server_count(self) -> int:
         return sum(len(s.servers) for s in self.services)
 
+    @cached_property
+    def by_key(self) -> dict[ServiceKey, ServiceConfig]:
+        return {s.key: s for s in self.services}
+
+    def edited(
+        self,
+        services: tuple[ServiceConfig, ...],
+        sha256: str,
+        dropped: tuple[ServiceConfig, ...],
+        added: tuple[ServiceConfig, ...],
+    ) -> Config:
+        """This config with `services`, in which `added` replaced `dropped`: the derived indexes are
+        carried over and patched (a dict copy keeps its hashes) instead of rebuilt from every service."""
+        new = replace(self, services=services, sha256=sha256)
+        if "by_key" in self.__dict__:
+            index = dict(self.by_key)
+            for svc in dropped:
+                del index[svc.key]
+            index.update((svc.key, svc) for svc in added)
+            new.__dict__["by_key"] = index
+        if "server_count" in self.__dict__:
+            change = sum(len(s.servers) for s in added) - sum(len(s.servers) for s in dropped)
+            new.__dict__["server_count"] = self.server_count + change
+        return new
+
     def schedulers(self) -> set[str]:
         return {s.scheduler for s in self.services}
 

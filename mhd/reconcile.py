@@ -62,9 +62,8 @@ def desired_state(
     """What IPVS should hold for every configured service, or for the `only` ones."""
     desired: dict[ServiceKey, Desired] = {}
     members: dict[str, Membership] = {}
-    for svc in config.services:
-        if only is not None and svc.key not in only:
-            continue
+    services = config.services if only is None else [config.by_key[k] for k in only if k in config.by_key]
+    for svc in services:
         m = membership(svc, healthy, disabled.get(svc.name, set()))
         members[svc.name] = m
         desired[svc.key] = Desired(svc.name, svc.service(set(m.members)))

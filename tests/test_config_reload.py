@@ -30,7 +30,7 @@ def document(services: int = 4, servers: int = 3, *, column: int = 2, defaults_a
     for i in range(services):
         body += service_block(i, servers, column=column, check=i % 2 == 1)
         if i == 1:
-            body.append("  # a comment between services")
+            body.append("  # a comment between services, not ASCII: café ☕ (offsets are bytes)")
     defaults = ["defaults:", "  check: {type: none, rise: 3}", "  mh-port: true"]
     return (top + body + defaults) if defaults_after else (defaults + top + body)
 
@@ -42,8 +42,8 @@ def outcome(loader: object, path: Path) -> Config | list[str]:
         return [str(p) for p in exc.problems]
 
 
-def write(path: Path, lines: list[str]) -> None:
-    path.write_text("\n".join(lines) + "\n")
+def write(path: Path, lines: list[str], newline_at_end: bool = True) -> None:
+    path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""), encoding="utf-8")
 
 
 def loaded(tmp_path: Path, lines: list[str]) -> tuple[Path, ConfigReloader, Config]:
@@ -81,6 +81,8 @@ EDIT_LINES = [
     "   - name: odd",
     "    servers:",
     "    address: 10.1.0.1",
+    "    # ünïcode ✓",
+    '    name: "s-ü"',
 ]
 
 
@@ -104,21 +106,24 @@ def apply_edit(lines: list[str], kind: str, at: int, text: str) -> list[str]:
     return [*lines[:at], text, *lines[at + 1:]]
 
 
-@settings(max_examples=300)
+@settings(max_examples=400)
 @given(
     layout=st.sampled_from([{}, {"defaults_after": True}, {"column": 0}]),
+    newline_at_end=st.booleans(),
     rounds=st.lists(edits(40), min_size=1, max_size=4),
 )
-def test_any_edit_loads_exactly_as_a_full_load(tmp_path_factory: pytest.TempPathFactory, layout: dict, rounds) -> None:
+def test_any_edit_loads_exactly_as_a_full_load(
+    tmp_path_factory: pytest.TempPathFactory, layout: dict, newline_at_end: bool, rounds
+) -> None:
     path = tmp_path_factory.mktemp("cfg") / "mhd.yaml"
     lines = document(**layout)
-    write(path, lines)
+    write(path, lines, newline_at_end)
     reloader = ConfigReloader()
     assert outcome(reloader, path) == outcome(None, path)
     for round_ in rounds:
         for kind, at, text in round_:
             lines = apply_edit(lines, kind, at, text)
-        write(path, lines)
+        write(path, lines, newline_at_end)
         assert outcome(reloader, path) == outcome(None, path), "\n".join(lines)
 
 
@@ -134,6 +139,8 @@ def test_common_edits_take_the_shortcut(tmp_path: Path, layout: dict) -> None:
         ("a service added", lambda ls: ls[: ls.index(f"{pad}- name: s3")] + service_block(40, 2, column=len(pad))
          + ls[ls.index(f"{pad}- name: s3") :]),
         ("a service removed", lambda ls: ls[: ls.index(f"{pad}- name: s1")] + ls[ls.index(f"{pad}- name: s2") :]),
+        ("a service appended", lambda ls: ls[: ls.index("defaults:")] + service_block(41, 2, column=len(pad))
+         + ls[ls.index("defaults:") :] if layout.get("defaults_after") else ls + service_block(41, 2, column=len(pad))),
         ("nothing", lambda ls: ls),
     ]  # fmt: skip
     for n, (what, change) in enumerate(steps, 1):
