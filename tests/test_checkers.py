@@ -85,7 +85,7 @@ async def test_tcp_connect_that_gets_no_answer_times_out() -> None:
             for f in fillers:
                 f.close()
     assert (r.ok, r.detail, r.timed_out) == (False, "timeout after 0.2s", True)
-    assert 0.2 <= r.latency < 0.5
+    assert 0.2 <= r.latency < 1.0
 
 
 @aio
