@@ -235,6 +235,10 @@ class Prober:
 
     def _first(self, check: _Check) -> None:
         assert self._loop is not None
+        if check.key[0].type == "none" and all(s.health.state == "up" for s in check.slots.values()):
+            # No check: up from the start (mhd.health.initial) and nothing to probe. Probing it
+            # anyway cost a 16,000-server director 8,000 empty callbacks a second.
+            return
         interval = check.key[0].interval
         self._schedule(check, first_due(self._loop.time(), interval, phase(check.key)))
 

@@ -126,10 +126,24 @@ async def test_shared_targets_are_probed_once_and_fanned_out() -> None:
 
 
 @aio
+async def test_servers_without_a_check_are_up_and_never_probed() -> None:
+    rec = Recorder()
+    prober = rec.prober()
+    targets = [Target("s", f"127.0.0.{i}", 80, CheckSpec(type="none", interval=0.05, timeout=0.01)) for i in (1, 2)]
+    prober.set_targets(targets)
+    await prober.start()
+    await asyncio.sleep(0.3)
+    await prober.stop()
+    assert rec.probes == [] and rec.transitions == []
+    assert {prober.health(t).state for t in targets} == {"up"}
+
+
+@aio
 async def test_due_times_spread_and_do_not_drift() -> None:
     rec = Recorder()
     prober = rec.prober()
-    spec = CheckSpec(type="none", interval=0.2, timeout=0.1)
+    # `none` probes cost nothing; initial-state down makes the prober run them (see the next test).
+    spec = CheckSpec(type="none", interval=0.2, timeout=0.1, initial_state="down")
     prober.set_targets(Target("s", f"127.0.{i // 200}.{i % 200 + 1}", 80, spec) for i in range(400))
     await prober.start()
     await asyncio.sleep(1.05)
