@@ -142,6 +142,8 @@ def daemon_run(ns: str, cfg: Path, state: Path, n: int, per: int) -> tuple[float
             assert status == 200 and doc["ok"], (status, doc)
         shown = sh("ip", "netns", "exec", ns, "ipvsadm", "-Ln", "-t", f"{vip(bump)}:80")
         assert re.search(rf"{re.escape(server(bump, 0))}:80\s+Masq\s+8\b", shown), shown
+        adopted = re.findall(r"read and adopted in ([0-9.]+)s", log.read_text())
+        print(f"their YAML read + adoption (daemon log): {', '.join(f'{t}s' for t in adopted)}")
         passes = re.findall(r"reconciled 1 services: (\d+) operations in ([0-9.]+)s", log.read_text())
         print(f"daemon reloads (POST /v1/reload -> answer): {', '.join(f'{x:.3f}s' for x in reloads)}")
         print(f"their scoped passes (daemon log): {', '.join(f'{n} op in {t}s' for n, t in passes)}")
