@@ -8,10 +8,15 @@ modules `from fakes import ...`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import threading
 import time
+import types
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from mhd.checkers import CheckResult
 from mhd.config import load
@@ -84,3 +89,15 @@ class FakeDaemon(Daemon):
             observed[k] = dataclasses.replace(want.service, dests=dests)
         self.observed = observed
         self.outcome = Outcome(observed, [], [], [], members)
+
+
+def spy_imports(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> list[tuple[str, bool]]:
+    """Record the `importlib.import_module` calls `module` makes: [(name, on the main thread?)]."""
+    seen: list[tuple[str, bool]] = []
+
+    def spy(name: str) -> Any:
+        seen.append((name, threading.current_thread() is threading.main_thread()))
+        return importlib.import_module(name)
+
+    monkeypatch.setattr(module, "importlib", types.SimpleNamespace(import_module=spy))
+    return seen

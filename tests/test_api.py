@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import os
 import socket
 import stat
 import threading
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
-from fakes import FakeDaemon, health
+from fakes import FakeDaemon, health, spy_imports
 
 from mhd import api as api_module
 from mhd.api import MAX_BODY, Api, StatusBodies, openapi, start
@@ -345,13 +343,7 @@ async def test_the_maglev_model_is_imported_off_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/table and /predict need numpy: imported on the daemon's loop it stalled every probe."""
-    seen: list[tuple[str, bool]] = []
-
-    def spy(name: str) -> Any:
-        seen.append((name, threading.current_thread() is threading.main_thread()))
-        return importlib.import_module(name)
-
-    monkeypatch.setattr(api_module, "importlib", types.SimpleNamespace(import_module=spy))
+    seen = spy_imports(monkeypatch, api_module)
     monkeypatch.setattr(api_module, "_PREDICT", None)
     async with served(make_daemon(tmp_path), trusted=False) as client:
         await get_json(client, "/v1/services/web/table")

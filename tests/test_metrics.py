@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeDaemon, health, key
+from fakes import FakeDaemon, health, key, spy_imports
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -191,13 +189,7 @@ def test_the_maglev_model_is_imported_off_the_scraping_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scrape runs on the daemon's loop: importing numpy there stalled every probe (seconds under TCG)."""
-    seen: list[tuple[str, bool]] = []
-
-    def spy(name: str) -> Any:
-        seen.append((name, threading.current_thread() is threading.main_thread()))
-        return importlib.import_module(name)
-
-    monkeypatch.setattr(metrics_module, "importlib", types.SimpleNamespace(import_module=spy))
+    seen = spy_imports(monkeypatch, metrics_module)
     metrics = Metrics(make_daemon(tmp_path))
     scrape(metrics)
     metrics.collector.slots.wait()
