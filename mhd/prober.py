@@ -174,10 +174,10 @@ class Prober:
         check = self._checks.get(key)
         if check is None:
             check = self._checks[key] = _Check(key)
-            if self._running:
-                self._first(check)
         check.slots[target] = _Slot(initial(in_kernel, target.spec))
         self._where[target] = check
+        if self._running and check.alarm is None and check.probe is None:
+            self._first(check)  # new, or a `none` check left unscheduled until now (see _first)
 
     def _remove(self, target: Target) -> None:
         check = self._where.pop(target)
@@ -244,6 +244,8 @@ class Prober:
 
     def _schedule(self, check: _Check, slot: float) -> None:
         assert self._timers is not None
+        if check.alarm is not None:  # scheduled meanwhile from a hook (a reload adding a target)
+            check.alarm[0] = None
         check.slot = slot
         check.rechecked = False
         check.alarm = self._timers.call_at(slot, self._fire, check)

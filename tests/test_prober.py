@@ -129,7 +129,9 @@ async def test_shared_targets_are_probed_once_and_fanned_out() -> None:
 async def test_servers_without_a_check_are_up_and_never_probed() -> None:
     rec = Recorder()
     prober = rec.prober()
-    targets = [Target("s", f"127.0.0.{i}", 80, CheckSpec(type="none", interval=0.05, timeout=0.01)) for i in (1, 2)]
+    targets = [
+        Target("s", f"127.0.0.{i}", 80, CheckSpec(type="none", interval=0.05, timeout=0.01)) for i in (1, 2)
+    ]
     prober.set_targets(targets)
     await prober.start()
     await asyncio.sleep(0.3)
@@ -304,3 +306,22 @@ async def test_timeouts_still_count_when_the_loop_is_responsive() -> None:
         await until(lambda: prober.health(target).state == "down")
         await prober.stop()
     assert rec.transitions[0][1].reason == "2 consecutive failures, last: timeout after 0.05s"
+
+
+@aio
+async def test_a_no_check_server_that_starts_down_is_probed_when_added_by_a_reload() -> None:
+    """`none` checks are left unscheduled only while every server on them is up."""
+    rec = Recorder()
+    prober = rec.prober()
+    up = Target("s", LO, 80, CheckSpec(type="none", interval=0.05, timeout=0.01))
+    await prober.start()
+    prober.set_targets([up])
+    down = Target(
+        "s", LO, 81, CheckSpec(type="none", interval=0.05, timeout=0.01, initial_state="down", rise=1)
+    )
+    shared = Target("t", LO, 80, up.spec)  # joins the unscheduled all-up check
+    prober.set_targets([up, down, shared])
+    await until(lambda: prober.health(down).state == "up")
+    await prober.stop()
+    assert prober.health(up).state == prober.health(shared).state == "up"
+    assert {key[2] for key, _, _, _ in rec.probes} == {81}  # the all-up check was never probed
