@@ -343,7 +343,9 @@ class DaemonCollector(Collector):
             f.disabled.add(labels, int(off))
             if health is not None and target is not None:
                 f.transitions.add(labels, health.transitions)
-                f.failures.add(labels, prober.counters(target).failures)
+                counters = prober.counters(target)
+                f.failures.add(labels, counters.failures)
+                f.inconclusive.add(labels, counters.inconclusive)
         state = service_state(bool(dests), panic, enabled_ok)
         for name in SERVICE_STATES:
             f.state.add(plain(("service", "state"), svc.name, name), int(name == state))
@@ -391,6 +393,12 @@ class _Families:
         self.disabled = Family("mhd_server_disabled", "gauge", "1 if an operator disabled it", s)
         self.transitions = Family("mhd_server_transitions", "counter", "Health transitions of the server", s)
         self.failures = Family("mhd_check_failures", "counter", "Failed health probes of the server", s)
+        self.inconclusive = Family(
+            "mhd_check_inconclusive",
+            "counter",
+            "Probes of the server that timed out while mhd's event loop stalled: not counted as failures",
+            s,
+        )
         self.share = Family(
             "mhd_server_slot_share", "gauge", "Share of the Maglev table the server holds (model)", s
         )
@@ -411,7 +419,8 @@ class _Families:
 
     def all(self) -> list[Family]:
         families = [
-            self.up, self.in_kernel, self.disabled, self.transitions, self.failures, self.panic, self.state,
+            self.up, self.in_kernel, self.disabled, self.transitions, self.failures, self.inconclusive,
+            self.panic, self.state,
             self.svc_conns, self.svc_packets, self.svc_bytes, self.active, self.inactive, self.weight,
         ]  # fmt: skip
         if self.share.rows:

@@ -136,9 +136,10 @@ def test_per_server_probe_counters_come_from_the_prober(tmp_path: Path) -> None:
     d = make_daemon(tmp_path)
     target = d.targets[("dns", key("10.0.1.2:53"))]
     counters = d.prober.counters(target)
-    counters.probes, counters.failures = 10, 4
+    counters.probes, counters.failures, counters.inconclusive = 10, 4, 2
     s = scrape(Metrics(d))
     assert value(s, "mhd_check_failures_total", service="dns", remote_address="10.0.1.2") == 4
+    assert value(s, "mhd_check_inconclusive_total", service="dns", remote_address="10.0.1.2") == 2
 
 
 def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
