@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -201,12 +202,13 @@ class Daemon:
             return
         self.reconciles += 1
         self._log_panics(outcome)
+        # Status, metrics and new targets read the kernel as it is after this pass's writes.
         if only is None or self.outcome is None:
-            self.outcome, self.observed = outcome, dict(outcome.observed)
+            self.outcome, self.observed = outcome, dict(outcome.after)
         else:
             for key in only:
                 self.observed.pop(key, None)
-            self.observed.update(outcome.observed)
+            self.observed.update(outcome.after)
             self.outcome.members.update(outcome.members)
             self.outcome.observed = self.observed
             self.outcome.ops, self.outcome.failures = outcome.ops, outcome.failures
@@ -425,9 +427,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard one: every TCP or HTTP probe in flight holds a descriptor,
+    and systemd (like most shells) starts services with a soft limit of 1024 under a hard one of
+    524288, expecting programs that need more to raise it themselves."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sdnotify.setup_logging(getattr(logging, args.log_level.upper()))
+    soft, _ = raise_fd_limit()
+    if soft < 4096:
+        log.warning("only %d file descriptors allowed (RLIMIT_NOFILE): probes in flight beyond that fail", soft)
     daemon = Daemon(find_config(args.config), args.state_dir)
     try:
         from . import api

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config, ServiceConfig
 from .model import DestKey, Service, ServiceKey
-from .planner import Desired, Op, plan, unmanaged
+from .planner import Desired, Op, apply_ops, plan, unmanaged
 from .state import StateDir
 
 if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes it through
@@ -79,6 +79,10 @@ class Outcome:
     failures: list[OpFailure]
     unmanaged: list[ServiceKey]
     members: dict[str, Membership] = field(default_factory=dict)
+    # The kernel after the writes: `observed` with the ops applied by the kernel's own list rules
+    # (`observed` itself stays the state the ops were planned on: `mhctl apply` counts moved flows
+    # against it). After a failed op it is `observed`: the next whole pass reads the truth.
+    after: dict[ServiceKey, Service] = field(default_factory=dict)
 
     @property
     def applied(self) -> int:
@@ -117,7 +121,7 @@ async def reconcile(
     ops = plan(desired, observed, owned)
     foreign = unmanaged(desired, observed, owned)
     if dry_run:
-        return Outcome(observed, ops, [], foreign, members)
+        return Outcome(observed, ops, [], foreign, members, observed)
     state.set_owned(all_owned | set(desired))
     failures = await client.apply(ops) if ops else []
     failed = {f.op.service.key for f in failures if f.op.kind == "delete-service"}
@@ -127,7 +131,8 @@ async def reconcile(
     log_ops(ops)
     for failure in failures:
         log.error("%s", failure)
-    return Outcome(observed, ops, failures, foreign, members)
+    after = apply_ops(observed, ops) if ops and not failures else observed
+    return Outcome(observed, ops, failures, foreign, members, after)
 
 
 def log_ops(ops: list[Op], limit: int = 50) -> None:

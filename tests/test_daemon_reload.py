@@ -3,11 +3,14 @@ targets of edited services are replaced, and the result equals adopting the whol
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from mhd.config import load
 from mhd.daemon import Daemon, changed_services, targets
 from mhd.kernel import KernelInfo
+from mhd.planner import apply_ops
+from mhd.state import StateDir
 
 
 def config_text(weights: dict[str, int], interval: str = "2s", services: tuple[str, ...] = ("a", "b", "c")) -> str:
@@ -82,3 +85,30 @@ def test_removing_and_adding_services(tmp_path: Path) -> None:
     assert reload(d, config_text({}, services=("a", "c", "d"))) == {"d"}
     assert_same_as_a_fresh_adoption(d)
     assert d._reloader.incremental_loads == 2
+
+
+class ModelKernel:
+    """IPVS as the planner models it (fine for the daemon's bookkeeping; the VM suite has the real one)."""
+
+    def __init__(self) -> None:
+        self.services: dict = {}
+
+    async def service(self, key: object) -> object:
+        return self.services.get(key)
+
+    async def apply(self, ops: list) -> list:
+        self.services = apply_ops(self.services, ops)
+        return []
+
+
+def test_status_sees_the_kernel_as_the_pass_left_it(tmp_path: Path) -> None:
+    """A pass that writes must not leave the daemon's view (status, metrics) on the dump it planned on."""
+    d = daemon(tmp_path, config_text({}))
+    d.client, d.state = ModelKernel(), StateDir(tmp_path / "state")  # type: ignore[assignment]
+    assert d.config is not None
+    key = d.config.services[1].key
+    asyncio.run(d.reconcile_once({key}))
+    assert len(d.observed[key].dests) == 4  # created by this very pass
+    reload(d, config_text({"b2": 5}))
+    asyncio.run(d.reconcile_once({key}))
+    assert {dest.weight for dest in d.observed[key].dests} == {1, 5}
