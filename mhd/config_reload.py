@@ -55,6 +55,7 @@ class _Snapshot:
     keys: frozenset[ServiceKey]
 
 
+# The services a reload dropped and those it brought (changed ones appear in both).
 Replaced = tuple[tuple[ServiceConfig, ...], tuple[ServiceConfig, ...]]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from . import __version__, kernel, sdnotify
 from .checkers import CheckResult
 from .config import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
-from .config_reload import ConfigReloader
+from .config_reload import ConfigReloader, Replaced
 from .health import Health, Transition
 from .ipvs import IpvsClient
 from .model import DestKey, Service, ServiceKey, mh_table_size
@@ -38,9 +38,6 @@ from .state import StateDir, StateError
 from .yamlsource import ConfigError
 
 log = logging.getLogger("mhd")
-
-# The services a reload dropped and those it brought (changed ones appear in both).
-Replaced = tuple[tuple[ServiceConfig, ...], tuple[ServiceConfig, ...]]
 
 
 @dataclass
@@ -101,9 +98,7 @@ class Daemon:
         self._reloader.mh_slots = mh_table_size(info.mh_tab_index)
         return self._reloader.load(self.config_path)
 
-    def _adopt(
-        self, config: Config, replaced: Replaced | None = None
-    ) -> None:
+    def _adopt(self, config: Config, replaced: Replaced | None = None) -> None:
         """Make `config` the running one: new targets start, unchanged ones keep their health.
 
         With `replaced` (a reload: the services that left and those that came, see
