@@ -25,6 +25,7 @@ from .model import (
     FORWARD_METHODS,
     MH_FALLBACK,
     MH_PORT,
+    NO_SCHEDULER,
     PROTOCOLS,
     Dest,
     DestKey,
@@ -435,6 +436,12 @@ class _Validator:
                 self.error(
                     merged["scheduler"],
                     f"scheduler {sched!r} is not an IPVS scheduler name (mh, wrr, rr, ...)",
+                )
+            elif sched == NO_SCHEDULER:
+                self.error(
+                    merged["scheduler"],
+                    "scheduler none schedules no client to any server: give a scheduler (mh, wrr, ...),"
+                    " or remove the service",
                 )
             scheduler = sched or "mh"
         flags = 0

@@ -192,4 +192,6 @@ class Service:
         return None
 
 
+NO_SCHEDULER = "none"  # the kernel's name for a service without a scheduler: it schedules nothing
+
 OpKind = Literal["add-service", "edit-service", "delete-service", "add-dest", "edit-dest", "delete-dest"]

@@ -96,6 +96,13 @@ def test_mh_flags_only_with_mh() -> None:
     assert config.services[0].flags == MH_FALLBACK
 
 
+def test_scheduler_none_is_refused_with_its_place() -> None:
+    """The kernel accepts "none" (mhd stages new services with it); as a config value it would
+    silently serve nobody."""
+    out = errors("services:\n  - {name: a, address: 10.0.0.1, port: 80, scheduler: none}")
+    assert any(e.startswith("t.yaml:2:") and "scheduler none schedules no client" in e for e in out), out
+
+
 def test_more_servers_than_slots() -> None:
     servers = ", ".join(f'"10.0.{i // 250}.{i % 250 + 1}"' for i in range(252))
     out = errors(f"services: [{{name: a, address: 10.0.0.1, port: 80, servers: [{servers}]}}]", mh_slots=251)

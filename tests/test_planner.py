@@ -133,3 +133,38 @@ def test_fresh_service_is_added_in_reverse_canonical_order(want: list[int]) -> N
     assert ops[0].kind == "add-service"
     added = [op.dest.key for op in ops[1:] if op.dest]
     assert added == [d.key for d in reversed(canonical(dest(i) for i in want))]
+
+
+@settings(max_examples=50)
+@given(want=st.lists(st.integers(0, 40), unique=True, min_size=2, max_size=12), sched=st.sampled_from(["mh", "wrr"]))
+def test_new_service_gets_its_scheduler_only_after_all_its_servers(want: list[int], sched: str) -> None:
+    """Staged creation: while servers are added the service has no scheduler, so no client is ever
+    hashed across a partial list; the edit that turns the scheduler on comes last and once."""
+    ops = plan(desired([dest(i) for i in want], sched), {})
+    assert ops[0].kind == "add-service" and ops[0].service.scheduler == "none"
+    assert ops[0].service.flags == MH_PORT  # the flags are there from the start: the edit only adds the scheduler
+    assert [op.kind for op in ops[1:-1]] == ["add-dest"] * len(want)
+    assert ops[-1].kind == "edit-service" and ops[-1].service.scheduler == sched
+    assert ops[-1].changes == (("scheduler", "none", sched),)
+    state = {}
+    for op in ops[:-1]:
+        state = apply_ops(state, [op])
+        assert state[KEY].scheduler == "none"
+    result = apply_ops(state, ops[-1:])
+    assert result[KEY] == Service(KEY, sched, MH_PORT, dests=canonical(dest(i) for i in want))
+
+
+def test_new_service_with_one_server_is_not_staged() -> None:
+    """Nothing partial to hide: one add and the server, as before."""
+    ops = plan(desired([dest(1)]), {})
+    assert [(op.kind, op.service.scheduler) for op in ops] == [("add-service", "mh"), ("add-dest", "mh")]
+    assert [op.kind for op in plan(desired([]), {})] == ["add-service"]
+
+
+def test_service_left_without_scheduler_by_a_crash_is_finished_in_place() -> None:
+    """A director that stopped between the staged steps: the next pass edits, never re-creates."""
+    observed = {KEY: Service(KEY, "none", MH_PORT, dests=(dest(2), dest(3)))}
+    ops = plan(desired([dest(1), dest(2), dest(3)]), observed)
+    assert [op.kind for op in ops] == ["add-dest", "edit-service"]
+    assert ops[-1].changes == (("scheduler", "none", "mh"),)
+    assert plan(desired([dest(1), dest(2), dest(3)]), apply_ops(observed, ops)) == []

@@ -12,6 +12,8 @@ from configs import dns_config
 
 from mhd.config import loads
 from mhd.ipvs import IpvsClient
+from mhd.model import Service
+from mhd.planner import Desired, plan
 from mhd.reconcile import Outcome, reconcile
 from mhd.state import StateDir
 
@@ -46,7 +48,7 @@ def test_mhctl_apply_creates_exactly_the_declared_state(
     cfg = tmp_path / "mhd.yaml"
     cfg.write_text(dns_config(t.vip, servers, weights={t.rs(2): 3}))
     out = mhd_cmd(t.director, "apply", str(cfg), "--state-dir", str(tmp_path / "state"))
-    assert "applied 4 operations" in out.stdout
+    assert "applied 5 operations" in out.stdout  # staged: add, 3 servers, then the scheduler
     saved = nsh.ipvsadm_save(t.director)
     # Canonical order, head first: 10.1.0.1, .2, .3 whatever the YAML order.
     assert saved.splitlines() == [
@@ -65,7 +67,7 @@ def test_reapply_is_a_no_op_and_edits_happen_in_place(director: nsh.Topology, tm
     t = director
     servers = [t.rs(i) for i in range(1, 6)]
     first = apply_in(t.director, dns_config(t.vip, servers), tmp_path)
-    assert not first.failures and len(first.ops) == 6
+    assert not first.failures and len(first.ops) == 7  # staged creation: 1 + 5 + 1
     assert apply_in(t.director, dns_config(t.vip, servers), tmp_path).ops == []
     before = nsh.ipvsadm_save(t.director)
     edit = apply_in(t.director, dns_config(t.vip, servers, weights={t.rs(3): 4}), tmp_path)
@@ -80,6 +82,36 @@ def test_reapply_is_a_no_op_and_edits_happen_in_place(director: nsh.Topology, tm
     )
     assert [op.kind for op in flags.ops] == ["edit-service"]
     assert nsh.ipvsadm_save(t.director).splitlines()[1:] == after.splitlines()[1:]
+
+
+def test_staged_creation_cut_short_is_finished_by_the_next_pass(
+    director: nsh.Topology, tmp_path: Path
+) -> None:
+    """A new service is created without a scheduler ("none"), given its servers, then its scheduler.
+    The kernel accepts and dumps "none"; a director stopped between the steps is finished in place."""
+    t = director
+    servers = [t.rs(i) for i in (1, 2, 3)]
+    config = loads(dns_config(t.vip, servers), "test.yaml")
+    staged = plan({s.key: Desired(s.name, s.service()) for s in config.services}, {})
+    assert [op.kind for op in staged] == ["add-service", "add-dest", "add-dest", "add-dest", "edit-service"]
+
+    async def cut_short() -> Service | None:
+        client = await IpvsClient.open()
+        try:
+            assert await client.apply(staged[:3]) == []  # the service and two of its servers
+            return (await client.services()).get(staged[0].service.key)
+        finally:
+            client.close()
+
+    with nsh.in_netns(t.director):
+        half = asyncio.run(cut_short())
+    assert half is not None and half.scheduler == "none" and len(half.dests) == 2
+    finish = apply_in(t.director, dns_config(t.vip, servers), tmp_path)
+    assert not finish.failures
+    assert [op.kind for op in finish.ops] == ["add-dest", "edit-service"]
+    view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
+    assert view.scheduler == "mh" and view.dest_addrs() == [t.rs(1), t.rs(2), t.rs(3)]
+    assert apply_in(t.director, dns_config(t.vip, servers), tmp_path).ops == []
 
 
 def test_unmanaged_services_stay_untouched(director: nsh.Topology, tmp_path: Path) -> None:
