@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink import genlmsg, nla
-
 from . import netlink as nl
 from .kernel import IpvsUnavailable
 from .model import Dest, DestKey, IPAddress, Service, ServiceKey, Stats
 from .planner import Op
+
+_pyroute2 = nl.pyroute2_netlink()
+genlmsg: Any = _pyroute2.genlmsg
+nla: Any = _pyroute2.nla
 
 
 class IpvsMessage(genlmsg):  # type: ignore[misc]

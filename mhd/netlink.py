@@ -17,8 +17,31 @@ import errno
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib import import_module, util
+from types import ModuleType
+
+
+def pyroute2_netlink() -> ModuleType:
+    """`pyroute2.netlink` (the message classes mhd declares its schema on) without pyroute2's
+    package `__init__`, which imports every pyroute2 module (IPRoute, NDB, IPDB, nl80211, ...):
+    337 modules and 0.13 s on a host, 11 s of a 25 s cold `mhctl apply` in the TCG test VM; the
+    message classes alone are 38 modules. The placeholder parent is dropped again, so a later
+    `import pyroute2` anywhere in the process runs the real `__init__` and reuses these modules.
+    """
+    if "pyroute2" in sys.modules or "pyroute2.netlink" in sys.modules:
+        return import_module("pyroute2.netlink")
+    spec = util.find_spec("pyroute2")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError("pyroute2 is not installed (Debian: apt install python3-pyroute2)")
+    sys.modules["pyroute2"] = util.module_from_spec(spec)  # a package without its __init__ run
+    try:
+        return import_module("pyroute2.netlink")
+    finally:
+        del sys.modules["pyroute2"]
+
 
 NETLINK_GENERIC = 16
 NLM_F_REQUEST = 0x01

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import subprocess
+import sys
 
 import pyroute2
 from hypothesis import given
@@ -89,6 +91,23 @@ def ours(op: Op) -> bytes:
 
 def test_pyroute2_version_is_reported() -> None:
     assert pyroute2.__version__  # the suite runs once per supported version; see Makefile
+
+
+def test_ipvs_layer_imports_only_pyroute2_netlink_and_leaves_the_package_importable() -> None:
+    """mhd.ipvs skips pyroute2's package __init__ (all of pyroute2); pyroute2 stays whole for others."""
+    script = """
+import sys
+import mhd.ipvs
+loaded = sorted(m for m in sys.modules if m.startswith("pyroute2"))
+assert "pyroute2" not in sys.modules, "the placeholder parent package was left behind"
+assert "pyroute2.iproute" not in sys.modules and len(loaded) < 20, loaded
+import pyroute2
+from pyroute2.netlink import genlmsg
+assert pyroute2.IPRoute and genlmsg in mhd.ipvs.IpvsMessage.__mro__
+print(len(loaded))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 @given(services())
