@@ -97,10 +97,10 @@ class ConfigReloader:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return load(path, self.mh_slots)
-        with gc_paused():
+        with gc_paused():  # as in config.loads: no collections over the trees being built
             root = compose(text, file)
             tree = Located({}, 1, 1) if root is None else locate(root, "", file)
-        config, validator = validate(tree, file, self.mh_slots, sha256)
+            config, validator = validate(tree, file, self.mh_slots, sha256)
         self._last = _snapshot(file, self.mh_slots, data, text, root, config, validator)
         return config
 
