@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
@@ -405,6 +406,142 @@ async def test_predict_takes_the_documented_10000_clients_on_the_real_listener(t
             response = await tcp.get(f"http://127.0.0.1:{port}/v1/services/web/predict?{query}")
             assert response.status == 200, await response.text()
             assert [p["client"] for p in await response.json()] == clients
+    finally:
+        await close()
+
+
+async def raw_exchange(data: bytes, *, port: int | None = None, path: Path | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` as is on a fresh connection; (status, headers, body) of the answer, read until
+    the server closes."""
+    if path is not None:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+MALFORMED = {
+    "TLS on the HTTP port": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32),
+    "bad request line": b"GET /v1/status HTTP/1.1 trailing\r\nHost: x\r\n\r\n",
+    "bad HTTP version": b"GET /healthz HTTP/7.x\r\n\r\n",
+    "header without a colon": b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+    "bad Content-Length": b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    "oversize header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    "oversize request line": b"GET /healthz?" + b"a" * (api_module.MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
+}
+
+
+@aio
+async def test_malformed_requests_get_a_json_4xx_and_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What aiohttp rejects before any handler runs answers in the API's error shape too, and a
+    client's mistake is not logged as the daemon's (a traceback at ERROR for every bad request)."""
+    sock = tmp_path / "mhd.sock"
+    port = free_port()
+    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
+    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
+    close = await start(d)
+    caplog.set_level(logging.DEBUG)
+    try:
+        for what, data in MALFORMED.items():
+            for where in ({"port": port}, {"path": sock}):
+                status, headers, body = await raw_exchange(data, **where)  # type: ignore[arg-type]
+                assert 400 <= status < 500, (what, where, status, body[:300])
+                assert headers.get("content-type", "").startswith("application/json"), (what, headers, body[:300])
+                error = json.loads(body)["error"]
+                assert isinstance(error, str) and error.startswith("bad HTTP request"), (what, error)
+        # The listener still serves well-formed requests afterwards.
+        status, headers, body = await raw_exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", port=port)
+        assert status == 200 and json.loads(body)["ok"] is True
+    finally:
+        await close()
+    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+    assert not noisy, [(r.name, r.levelname, r.getMessage()) for r in noisy]
+
+
+@aio
+async def test_a_burst_is_served_a_bounded_number_of_connections_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API shares the loop with the probes: how many connections it serves at once bounds how
+    long one loop iteration can take (set up, parse, answer, close: each phase for all of them in
+    one iteration). The rest wait in the kernel's listen queue, and every request is answered."""
+    monkeypatch.setattr(api_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(api_module, "TCP_CONNECTIONS", 3)
+    open_now, peak = [0], [0]
+    made, lost = api_module.Connection.connection_made, api_module.Connection.connection_lost
+
+    def counted_made(self: Any, transport: Any) -> None:
+        open_now[0] += 1
+        peak[0] = max(peak[0], open_now[0])
+        made(self, transport)
+
+    def counted_lost(self: Any, exc: Any) -> None:
+        open_now[0] -= 1
+        lost(self, exc)
+
+    monkeypatch.setattr(api_module.Connection, "connection_made", counted_made)
+    monkeypatch.setattr(api_module.Connection, "connection_lost", counted_lost)
+    sock = tmp_path / "mhd.sock"
+    port = free_port()
+    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
+    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
+    close = await start(d)
+    try:
+        async with (
+            ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as tcp,
+            ClientSession(connector=UnixConnector(path=str(sock), limit=0, force_close=True)) as unix,
+        ):
+            async def get(session: ClientSession, url: str) -> int:
+                async with session.get(url) as response:
+                    await response.read()
+                    return response.status
+
+            statuses = await asyncio.gather(
+                *(get(tcp, f"http://127.0.0.1:{port}/v1/status") for _ in range(150)),
+                *(get(unix, "http://mhd/v1/status") for _ in range(50)),
+            )
+        assert statuses == [200] * 200
+        assert 2 <= peak[0] <= 4, peak
+    finally:
+        await close()
+
+
+@aio
+async def test_idle_connections_cannot_hold_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that never send a request (slowloris) are closed after REQUEST_TIMEOUT, and TCP
+    clients can never take the unix socket's share of the slots."""
+    monkeypatch.setattr(api_module, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(api_module, "TCP_CONNECTIONS", 1)
+    monkeypatch.setattr(api_module, "REQUEST_TIMEOUT", 0.5)
+    sock = tmp_path / "mhd.sock"
+    port = free_port()
+    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
+    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
+    close = await start(d)
+    try:
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.1)  # accepted: TCP's only slot is taken
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        status, _, _ = await raw_exchange(request, path=sock)  # the unix socket's own slot
+        assert status == 200
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        status, _, _ = await raw_exchange(request, port=port)  # waits for the idle one to be closed
+        assert status == 200 and loop.time() - t0 >= 0.2
+        assert await idle_reader.read() == b""  # closed by the daemon, without an answer
+        idle_writer.close()
     finally:
         await close()
 
