@@ -11,6 +11,7 @@ inside the test VM, more than `ipvsadm -R` needs for the whole job.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket
 import struct
@@ -156,33 +157,50 @@ def service_full(svc: Service) -> list[bytes]:
     ]
 
 
-def dest_attrs(dest: Dest, full: bool) -> list[bytes]:
+# IPVS_CMD_ATTR_DEST with its attributes in kernel order (ADDR, PORT, ADDR_FAMILY, then for add
+# and edit FWD_METHOD, WEIGHT, U_THRESH, L_THRESH), each header, value and padding in one struct
+# call: a cold apply encodes 16,000 of them, and attribute by attribute that was 70 % of the encoding.
+_DEST_ID = "HH" "HH16s" "HHH2x" "HHH2x"  # nested header; address (IPv4 padded to 16); port; family
+_DEST = {False: struct.Struct("=" + _DEST_ID), True: struct.Struct("=" + _DEST_ID + "HHI" * 4)}
+
+
+def dest_attr(dest: Dest, full: bool) -> bytes:
+    """The nested IPVS_CMD_ATTR_DEST attribute (settings too when `full`: add and edit)."""
+    layout = _DEST[full]
     family = socket.AF_INET6 if dest.key.address.version == 6 else socket.AF_INET
-    attrs = [
-        nl.attr(DST["ADDR"], _addr16(dest.key.address)),
-        nl.be16(DST["PORT"], dest.key.port),
-        nl.u16(DST["ADDR_FAMILY"], family),
-    ]
-    if full:
-        attrs += [
-            nl.u32(DST["FWD_METHOD"], dest.forward),
-            nl.u32(DST["WEIGHT"], dest.weight),
-            nl.u32(DST["U_THRESH"], dest.u_threshold),
-            nl.u32(DST["L_THRESH"], dest.l_threshold),
-        ]
-    return attrs
+    ident = (
+        layout.size, CMD_ATTR["DEST"],
+        20, DST["ADDR"], dest.key.address.packed,
+        6, DST["PORT"], socket.htons(dest.key.port),
+        6, DST["ADDR_FAMILY"], family,
+    )  # fmt: skip
+    if not full:
+        return layout.pack(*ident)
+    return layout.pack(
+        *ident,
+        8, DST["FWD_METHOD"], dest.forward,
+        8, DST["WEIGHT"], dest.weight,
+        8, DST["U_THRESH"], dest.u_threshold,
+        8, DST["L_THRESH"], dest.l_threshold,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def service_id_attr(key: ServiceKey) -> bytes:
+    """The nested IPVS_CMD_ATTR_SERVICE that names a service: every destination request carries it,
+    so it is encoded once per service, not once per destination."""
+    return nl.nested(CMD_ATTR["SERVICE"], service_id(key))
 
 
 def encode_op(op: Op) -> tuple[int, bytes]:
     """(command, attributes) of the request that carries out one planned operation."""
     cmd = OP_CMD[op.kind]
     if op.kind == "delete-service":
-        return cmd, nl.nested(CMD_ATTR["SERVICE"], service_id(op.service.key))
+        return cmd, service_id_attr(op.service.key)
     if op.kind in ("add-service", "edit-service"):
         return cmd, nl.nested(CMD_ATTR["SERVICE"], service_full(op.service))
     assert op.dest is not None
-    svc = nl.nested(CMD_ATTR["SERVICE"], service_id(op.service.key))
-    return cmd, svc + nl.nested(CMD_ATTR["DEST"], dest_attrs(op.dest, op.kind != "delete-dest"))
+    return cmd, service_id_attr(op.service.key) + dest_attr(op.dest, op.kind != "delete-dest")
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -335,7 +353,7 @@ class IpvsClient:
 
     async def service(self, key: ServiceKey) -> Service | None:
         """A fresh read of one service and its destinations; None when the kernel has no such service."""
-        request = nl.nested(CMD_ATTR["SERVICE"], service_id(key))
+        request = service_id_attr(key)
         try:
             replies = await self.sock.dump(self.family, CMD["GET_SERVICE"], request, dump=False)
             svc = next((s for s in map(decode_service, replies) if s is not None), None)
@@ -349,7 +367,7 @@ class IpvsClient:
         return Service(svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests, svc.stats)
 
     async def dests(self, key: ServiceKey) -> tuple[Dest, ...]:
-        request = nl.nested(CMD_ATTR["SERVICE"], service_id(key))
+        request = service_id_attr(key)
         replies = await self.sock.dump(self.family, CMD["GET_DEST"], request)
         return tuple(d for d in (decode_dest(p, key.family) for p in replies) if d is not None)
 
