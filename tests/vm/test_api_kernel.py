@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 import resource
 import subprocess
@@ -325,10 +324,11 @@ def test_1000_concurrent_status_requests_do_not_delay_checks(lab: Lab, report: C
     # approximate by up to one slot per probe at each edge of the window.
     assert busy.share_within(INTERVAL) >= 0.99, busy.describe()
     assert busy.probes >= busy.slots - 2 * len(SERVERS) - 1, busy.describe()
-    # The benchmark's target, p99 due-to-start lag <= 100 ms (read exactly from the bucket counts),
-    # holds on a host core; under TCG every loop iteration runs ~20x slower and it is reported only.
-    if not os.environ.get("MHD_IN_VM"):
-        assert busy.share_within(LAG_TARGET) >= 0.99, busy.describe()
+    # The benchmark's target, p99 due-to-start lag <= 100 ms, read exactly from the bucket counts,
+    # here too, where every loop iteration runs ~10-20x slower than on a host core: the API serves
+    # a bounded number of connections at a time (mhd.api.Admission), so no iteration holds the
+    # whole burst (before that: p99 222 ms, 94.5 % within 100 ms in this VM).
+    assert busy.share_within(LAG_TARGET) >= 0.99, busy.describe()
 
 
 # --- fuzzing -----------------------------------------------------------------------------------------
