@@ -155,3 +155,18 @@ def test_decoding_what_pyroute2_encodes(svc: Service, dest: Dest) -> None:
     # A GET_DEST reply carries only the DEST attribute; decode_dest ignores the service one.
     got_dest = decode_dest(memoryview(dest_msg)[nl.NLMSGHDR.size :], svc.key.family)
     assert got_dest == dest
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=10, max_size=10), st.permutations(range(10)))
+def test_counters_decode_alike_in_kernel_order_and_any_other(values: list[int], order: list[int]) -> None:
+    """STATS64 in the kernel's order takes the one-struct path, any other order the generic one."""
+    from mhd.ipvs import DST, _stats
+
+    def stats_attr(kinds: list[int]) -> dict[int, memoryview]:
+        inner = b"".join(nl.attr(k + 1, struct.pack("=Q", values[k])) for k in kinds)
+        return {DST["STATS64"]: memoryview(nl.attr(DST["STATS64"], inner))[4:]}
+
+    in_order = _stats(stats_attr(list(range(10))), DST["STATS64"], DST["STATS"], (7, 8, 9))
+    shuffled = _stats(stats_attr(order), DST["STATS64"], DST["STATS"], (7, 8, 9))
+    assert in_order == shuffled
+    assert tuple(in_order) == (7, 8, 9, *values[:5])
