@@ -21,8 +21,9 @@ time is long, so the API must never put much work into one iteration. The listen
 at a time, and leave the rest of a burst in the kernel's listen queue. Measured (1,000 concurrent
 GET /v1/status while 16 checks a second run; bench/bench_api.py on the host, the real-kernel test
 in the TCG VM; figures in bench/README.md): unbounded, one iteration took up to 19 ms on a host
-core and probes started 222 ms late at p99 in the VM; bounded to 16 connections, at most ~5-7 ms
-on the host and p99 45 ms in the VM, for about the same total time to answer the burst. GC was
+core and probes started 222-554 ms late at p99 in the VM; bounded to 16 connections, 2-13 ms on
+the host and p99 21-45 ms in the VM (every probe within 100 ms), with the same throughput on the
+host but slower answers in the VM (the burst answered in 10-20 s instead of 7 s). GC was
 measured too and is not the cause (young collections under 2 ms on the host; `gc.freeze()` after
 start keeps the old ones short), and the status body is already built once per loop iteration
 for all waiting requests (`StatusBodies`). Not chosen: a thread for the API (it would take the
@@ -402,8 +403,8 @@ class Admission:
     connection, parses each request, resumes each handler and tears each connection down in
     iterations of their own): up to 16-19 ms on a host core, 10-20x that in the test VM, where probes
     started 220 ms late at p99. Admitting `limit` connections at a time bounds every such phase to
-    `limit` connections per iteration, whatever the burst, at the same total cost (measured with
-    bench/bench_api.py; figures in bench/README.md).
+    `limit` connections per iteration, whatever the burst (measured with bench/bench_api.py and the
+    real-kernel test; figures in bench/README.md).
 
     Each listener may hold at most its `cap` of the slots, so a flood over TCP (any local user)
     leaves the unix socket (mhctl) slots of its own.
