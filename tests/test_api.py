@@ -410,6 +410,21 @@ async def test_predict_takes_the_documented_10000_clients_on_the_real_listener(t
         await close()
 
 
+@aio
+async def test_the_maglev_model_is_imported_at_start_not_at_first_use(tmp_path: Path) -> None:
+    """numpy's import holds the interpreter lock for seconds under emulation: done at start, before
+    the prober runs, no scrape or prediction ever makes probes wait for it."""
+    import mhd.api
+
+    mhd.api._PREDICT = None
+    close = await start(make_daemon(tmp_path, CONFIG))
+    try:
+        assert mhd.api._PREDICT is not None and hasattr(mhd.api._PREDICT, "predict")
+        assert await mhd.api.predict_module() is mhd.api._PREDICT  # no import left to do
+    finally:
+        await close()
+
+
 async def raw_exchange(data: bytes, *, port: int | None = None, path: Path | None = None) -> tuple[int, dict[str, str], bytes]:
     """Send `data` as is on a fresh connection; (status, headers, body) of the answer, read until
     the server closes."""
