@@ -854,7 +854,20 @@ def _drain(verb: str) -> dict[str, Any]:
 
 
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3 description of every route."""
+    """The OpenAPI 3 description of every route, with the errors any request can get: 400 for an
+    unparsable request (its line, headers or size) and, where a body is read, 408 for a body that
+    does not arrive in time."""
+    doc = _routes()
+    for path in doc["paths"].values():
+        for method, operation in path.items():
+            responses = operation["responses"]
+            responses.setdefault("400", _json("malformed request", "Error"))
+            if method == "post":
+                responses.setdefault("408", _json("request body not received in time", "Error"))
+    return doc
+
+
+def _routes() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {

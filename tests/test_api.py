@@ -328,6 +328,14 @@ def test_committed_openapi_is_the_served_one() -> None:
     assert committed == openapi(), "regenerate: python -m mhd.api > docs/openapi.json"
 
 
+def test_openapi_documents_the_errors_every_request_can_get() -> None:
+    """The listener answers unparsable requests with 400 and slow bodies with 408, on any route."""
+    for path, operations in openapi()["paths"].items():
+        for method, operation in operations.items():
+            assert "400" in operation["responses"], (method, path)
+            assert ("408" in operation["responses"]) == (method == "post"), (method, path)
+
+
 @aio
 async def test_openapi_is_served_and_documents_every_route(tmp_path: Path) -> None:
     d = make_daemon(tmp_path)
