@@ -18,7 +18,7 @@ from pathlib import Path
 
 import netns as nsh
 
-from mhd.client import UnixHTTPConnection  # standard library only: cheap in the guest
+from mhd.client import unix_connection  # standard library only: cheap in the guest
 
 START_TIMEOUT = 600.0  # Python start-up under TCG on a loaded 2-core host can take minutes
 
@@ -114,7 +114,7 @@ class Daemon:
         """One HTTP request to the API: (status, content type, body)."""
         if unix:
             assert self.api_socket is not None, "no api socket configured"
-            conn: http.client.HTTPConnection = UnixHTTPConnection(str(self.api_socket), timeout)
+            conn: http.client.HTTPConnection = unix_connection(str(self.api_socket), timeout)
             return _exchange(conn, method, path, body, headers)
         assert self.api_listen is not None, "no api listener configured"
         with nsh.in_netns(self.ns):  # the connection's socket is created in the daemon's namespace
