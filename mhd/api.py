@@ -382,7 +382,7 @@ def preload_model(metrics: Metrics) -> None:
 
     Imported on first use instead, even in a worker thread, numpy's import holds the interpreter
     lock long enough to make every probe late: the first `/metrics` scrape put the probes' p99 lag
-    at 225-876 ms in the test VM. At start it costs start-up time and ~15 MB, and nothing waits."""
+    at 225-876 ms in the test VM. At start it costs start-up time and 12 MB (host), and nothing waits."""
     global _PREDICT
     try:
         _PREDICT = importlib.import_module(f"{__package__}.predict")
