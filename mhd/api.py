@@ -666,7 +666,6 @@ async def start(daemon: Daemon) -> Closer:
     api = daemon.config.api
     metrics = Metrics(daemon)
     metrics.install()
-    preload_model(metrics)
     bodies = StatusBodies(daemon)
     admission = Admission(MAX_CONNECTIONS)
     runners: list[web.AppRunner] = []
@@ -696,6 +695,7 @@ async def start(daemon: Daemon) -> Closer:
             socket_path = Path(api.socket)
             log.info("API listening on %s (mode %o)", api.socket, api.socket_mode)
             runners.append(runner)
+    preload_model(metrics)  # bound but not yet accepting: clients queue in the backlog meanwhile
     for listener in listeners:
         listener.start()
 

@@ -97,7 +97,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, venv_python: 
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(limits[0], min(limits[1], 65536)), limits[1]))
         daemon.start()
         lab = Lab(daemon, director, srv, http, "", limits)
-        wait_for(lambda: all_serving(lab.status()), 180, "every server up and in IPVS")
+        wait_for(lambda: serving_now(lab), 180, "every server up and in IPVS")
         lab.declared = nsh.ipvsadm_save(director)
         assert lab.declared.count("-a ") == 2 * len(SERVERS), lab.declared
         yield lab
@@ -109,6 +109,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, venv_python: 
             http.wait()
         factory.cleanup()
         resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def serving_now(lab: Lab) -> bool:
+    """all_serving, and False while the API does not listen yet: the daemon logs 'started' (what
+    Daemon.start waits for) before it opens the API."""
+    try:
+        return all_serving(lab.status())
+    except ConnectionRefusedError:
+        return False
 
 
 def all_serving(doc: dict[str, Any]) -> bool:
