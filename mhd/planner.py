@@ -208,29 +208,54 @@ def apply_ops(observed: Mapping[ServiceKey, Service], ops: Iterable[Op]) -> dict
     """What the kernel holds after `ops`, simulated with the kernel's own list semantics.
 
     Head insertion on add, in-place edits, removal on delete. Used by the tests (idempotence and
-    canonical order properties) and by `mhctl plan` to predict the table after a change.
+    canonical order properties), by `mhctl plan` to predict the table after a change, and by every
+    pass for the kernel state it leaves (status, metrics). The destination lists a plan touches are
+    edited as lists and frozen once at the end: rebuilding a tuple per operation made a cold pass
+    of 1,000 x 16 quadratic per service (136,000 comparisons).
     """
     state = dict(observed)
+    lists: dict[ServiceKey, _DestList] = {}
     for op in ops:
         key = op.service.key
         if op.kind == "add-service":
             state[key] = Service(key, op.service.scheduler, op.service.flags, dests=())
+            lists[key] = _DestList(())
         elif op.kind == "delete-service":
             state.pop(key, None)
+            lists.pop(key, None)
         elif op.kind == "edit-service":
             state[key] = Service(key, op.service.scheduler, op.service.flags, dests=state[key].dests)
         else:
             assert op.dest is not None
-            state[key] = _apply_dest_op(state[key], op.kind, op.dest)
+            if key not in lists:
+                lists[key] = _DestList(state[key].dests)
+            lists[key].apply(op.kind, op.dest)
+    for key, dests in lists.items():
+        svc = state[key]
+        state[key] = Service(svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests.frozen())
     return state
 
 
-def _apply_dest_op(svc: Service, kind: OpKind, dest: Dest) -> Service:
-    others = tuple(d for d in svc.dests if d.key != dest.key)
-    if kind == "add-dest":
-        dests = (dest, *others)
-    elif kind == "delete-dest":
-        dests = others
-    else:
-        dests = tuple(dest if d.key == dest.key else d for d in svc.dests)
-    return Service(svc.key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests)
+class _DestList:
+    """A destination list being edited by a plan, stored tail first so that the kernel's head
+    insertion is an append."""
+
+    def __init__(self, dests: tuple[Dest, ...]) -> None:
+        self.reversed = list(reversed(dests))
+        self.keys = {d.key for d in dests}
+
+    def apply(self, kind: OpKind, dest: Dest) -> None:
+        present = dest.key in self.keys
+        if present:
+            i = next(i for i, d in enumerate(self.reversed) if d.key == dest.key)
+            if kind == "edit-dest":
+                self.reversed[i] = dest
+                return
+            del self.reversed[i]
+            self.keys.discard(dest.key)
+        if kind == "add-dest":
+            self.reversed.append(dest)
+            self.keys.add(dest.key)
+
+    def frozen(self) -> tuple[Dest, ...]:
+        return tuple(reversed(self.reversed))

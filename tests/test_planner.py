@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mhd.model import MH_PORT, Dest, DestKey, Service, ServiceKey
-from mhd.planner import Desired, apply_ops, canonical, plan, unmanaged
+from mhd.planner import Desired, Op, apply_ops, canonical, plan, unmanaged
 
 KEY = ServiceKey(socket.AF_INET, protocol=17, address=ipaddress.IPv4Address("203.0.113.15"), port=80)
 OTHER = ServiceKey(socket.AF_INET, protocol=6, address=ipaddress.IPv4Address("203.0.113.16"), port=443)
@@ -146,7 +146,7 @@ def test_new_service_gets_its_scheduler_only_after_all_its_servers(want: list[in
     assert [op.kind for op in ops[1:-1]] == ["add-dest"] * len(want)
     assert ops[-1].kind == "edit-service" and ops[-1].service.scheduler == sched
     assert ops[-1].changes == (("scheduler", "none", sched),)
-    state = {}
+    state: dict[ServiceKey, Service] = {}
     for op in ops[:-1]:
         state = apply_ops(state, [op])
         assert state[KEY].scheduler == "none"
@@ -168,3 +168,43 @@ def test_service_left_without_scheduler_by_a_crash_is_finished_in_place() -> Non
     assert [op.kind for op in ops] == ["add-dest", "edit-service"]
     assert ops[-1].changes == (("scheduler", "none", "mh"),)
     assert plan(desired([dest(1), dest(2), dest(3)]), apply_ops(observed, ops)) == []
+
+
+def naive_apply(observed: dict[ServiceKey, Service], ops: list[Op]) -> dict[ServiceKey, Service]:
+    """The kernel's list rules written the obvious way (a new tuple per operation): the oracle."""
+    state = dict(observed)
+    for op in ops:
+        key, svc = op.service.key, state.get(op.service.key)
+        if op.kind == "add-service":
+            state[key] = Service(key, op.service.scheduler, op.service.flags)
+        elif op.kind == "delete-service":
+            state.pop(key, None)
+        elif op.kind == "edit-service":
+            assert svc is not None
+            state[key] = Service(key, op.service.scheduler, op.service.flags, dests=svc.dests)
+        else:
+            assert svc is not None and op.dest is not None
+            others = tuple(d for d in svc.dests if d.key != op.dest.key)
+            if op.kind == "add-dest":
+                dests = (op.dest, *others)
+            elif op.kind == "delete-dest":
+                dests = others
+            else:
+                dests = tuple(op.dest if d.key == op.dest.key else d for d in svc.dests)
+            state[key] = Service(key, svc.scheduler, svc.flags, svc.timeout, svc.netmask, dests)
+    return state
+
+
+dest_ops = st.lists(
+    st.tuples(st.sampled_from(["add-dest", "delete-dest", "edit-dest"]), st.integers(0, 12), weights), max_size=40
+)
+
+
+@given(have=kernel_lists(), steps=dest_ops)
+def test_apply_ops_follows_the_kernels_list_rules(have: tuple[Dest, ...], steps: list[tuple[str, int, int]]) -> None:
+    """Any sequence, including adds of present servers and edits or deletes of absent ones."""
+    observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
+    svc = observed[KEY]
+    ops = [Op(kind, svc, dest(i, w)) for kind, i, w in steps]  # type: ignore[arg-type]
+    ops.append(Op("edit-service", Service(KEY, "wrr", 0)))
+    assert apply_ops(observed, ops) == naive_apply(observed, ops)
