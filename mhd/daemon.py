@@ -367,6 +367,7 @@ class Daemon:
                 closers.append(await on_ready(self))
             await self.prober.start()
             sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
+            log.info("ready: API open, health checks running")
             every = sdnotify.watchdog_interval()
             if every:
                 tasks.append(asyncio.create_task(self._watchdog(every)))

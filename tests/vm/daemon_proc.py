@@ -68,7 +68,7 @@ class Daemon:
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out.close()
-        self.wait_log("started", START_TIMEOUT)
+        self.wait_log("ready: ", START_TIMEOUT)  # after "started": the API is open, the prober runs
 
     def text(self) -> str:
         return self.log.read_text()[self.log_offset :]

@@ -112,8 +112,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, venv_python: 
 
 
 def serving_now(lab: Lab) -> bool:
-    """all_serving, and False while the API does not listen yet: the daemon logs 'started' (what
-    Daemon.start waits for) before it opens the API."""
+    """all_serving, and False while the API refuses connections (Daemon.start waits for the
+    daemon's 'ready' line, logged once the API is open; this keeps the fixture independent of it)."""
     try:
         return all_serving(lab.status())
     except ConnectionRefusedError:
