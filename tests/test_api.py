@@ -433,6 +433,15 @@ async def test_the_maglev_model_is_imported_at_start_not_at_first_use(tmp_path: 
         await close()
 
 
+async def start_on_tcp_and_unix(tmp_path: Path) -> tuple[Callable[[], Awaitable[None]], int, Path]:
+    """The API of a test daemon on a free loopback port and a unix socket: (closer, port, socket)."""
+    sock = tmp_path / "mhd.sock"
+    port = free_port()
+    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
+    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
+    return await start(d), port, sock
+
+
 async def raw_exchange(data: bytes, *, port: int | None = None, path: Path | None = None) -> tuple[int, dict[str, str], bytes]:
     """Send `data` as is on a fresh connection; (status, headers, body) of the answer, read until
     the server closes."""
@@ -470,11 +479,7 @@ async def test_malformed_requests_get_a_json_4xx_and_no_traceback(
 ) -> None:
     """What aiohttp rejects before any handler runs answers in the API's error shape too, and a
     client's mistake is not logged as the daemon's (a traceback at ERROR for every bad request)."""
-    sock = tmp_path / "mhd.sock"
-    port = free_port()
-    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
-    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
-    close = await start(d)
+    close, port, sock = await start_on_tcp_and_unix(tmp_path)
     caplog.set_level(logging.DEBUG)
     try:
         for what, data in MALFORMED.items():
@@ -516,11 +521,7 @@ async def test_a_burst_is_served_a_bounded_number_of_connections_at_a_time(
 
     monkeypatch.setattr(api_module.Connection, "connection_made", counted_made)
     monkeypatch.setattr(api_module.Connection, "connection_lost", counted_lost)
-    sock = tmp_path / "mhd.sock"
-    port = free_port()
-    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
-    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
-    close = await start(d)
+    close, port, sock = await start_on_tcp_and_unix(tmp_path)
     try:
         async with (
             ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as tcp,
@@ -548,11 +549,7 @@ async def test_idle_connections_cannot_hold_the_api(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(api_module, "MAX_CONNECTIONS", 2)
     monkeypatch.setattr(api_module, "TCP_CONNECTIONS", 1)
     monkeypatch.setattr(api_module, "REQUEST_TIMEOUT", 0.5)
-    sock = tmp_path / "mhd.sock"
-    port = free_port()
-    api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
-    d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
-    close = await start(d)
+    close, port, sock = await start_on_tcp_and_unix(tmp_path)
     try:
         idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
         await asyncio.sleep(0.1)  # accepted: TCP's only slot is taken
