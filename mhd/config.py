@@ -8,11 +8,9 @@ daemon's reload, which keeps the running config whenever this raises.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import ipaddress
 import re
-import shlex
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -285,7 +283,7 @@ class _Validator:
             return None
         for key, item in node.value.items():
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
+                close = did_you_mean(key, allowed)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(allowed)}"
                 self.error(item, f"unknown key '{key}' in {what}{hint}", at_key=True)
         return dict(node.value)
@@ -328,7 +326,7 @@ class _Validator:
         value = node.value
         if isinstance(value, str) and value.lower() in choices:
             return value.lower()
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        close = did_you_mean(str(value), choices)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         self.error(node, f"{what} must be one of {', '.join(choices)}, not {value!r}{hint}")
         return None
@@ -711,6 +709,8 @@ class _Validator:
     def command(self, node: Located) -> tuple[str, ...] | None:
         value = node.value
         if isinstance(value, str):
+            import shlex  # exec checks only
+
             argv = shlex.split(value)
         elif isinstance(value, list) and all(isinstance(i.value, str | int) for i in value):
             argv = [str(i.value) for i in value]
@@ -742,6 +742,13 @@ class _Validator:
                 names.setdefault(name, node)
             if key is not None:
                 keys.setdefault(key, (name, node))
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> list[str]:
+    """The closest choice, if any is close (difflib is imported only when a config has a typo)."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=1)
 
 
 def _kind(value: object) -> str:

@@ -5,10 +5,8 @@ All of it reads /proc, /sys and /boot, or runs modprobe: nothing here talks netl
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,6 +82,8 @@ def _ipvs_present() -> bool:
 
 def _modprobe(module: str) -> str:
     """Run modprobe; '' on success, the reason otherwise."""
+    import shutil  # imported where used: shutil pulls in bz2 and lzma, which mhctl never needs
+
     binary = shutil.which("modprobe") or "/sbin/modprobe"
     try:
         proc = subprocess.run([binary, module], capture_output=True, text=True, timeout=30, check=False)
@@ -98,13 +98,21 @@ def mh_tab_index(release: str | None = None) -> tuple[int, str]:
     pattern = re.compile(rb"^CONFIG_IP_VS_MH_TAB_INDEX=(\d+)$", re.M)
     for path in (Path(f"/boot/config-{release}"), Path("/proc/config.gz")):
         try:
-            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        except (OSError, EOFError, gzip.BadGzipFile):
+            data = _read_config(path)
+        except (OSError, EOFError):  # gzip.BadGzipFile is an OSError
             continue
         m = pattern.search(data)
         if m and 8 <= int(m.group(1)) <= 17:
             return int(m.group(1)), str(path)
     return DEFAULT_MH_TAB_INDEX, "default"
+
+
+def _read_config(path: Path) -> bytes:
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    import gzip  # only for kernels without /boot/config-*: not on every start-up
+
+    return gzip.decompress(path.read_bytes())
 
 
 def mh_variant() -> MhVariant | None:
