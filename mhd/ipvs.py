@@ -218,7 +218,7 @@ _STATS_FIELDS = tuple(STATS[n] for n in ("CONNS", "INPKTS", "OUTPKTS", "INBYTES"
 
 # IPVS_*_ATTR_STATS64 as every kernel since 3.18 sends it: ten u64 attributes, types 1..10 in order.
 _STATS64 = struct.Struct("=" + "HHQ" * 10)
-_STATS64_HEADERS = tuple(x for kind in range(1, 11) for x in (12, kind))
+_STATS64_HEADERS = (12,) * 10 + tuple(range(1, 11))  # every length, then every type in order
 
 
 def _stats(attrs: dict[int, memoryview], stats64: int, stats32: int, conns: tuple[int, int, int]) -> Stats:
@@ -228,7 +228,7 @@ def _stats(attrs: dict[int, memoryview], stats64: int, stats32: int, conns: tupl
     raw = attrs.get(stats64)
     if raw is not None and len(raw) == _STATS64.size:
         fields = _STATS64.unpack(raw)
-        if fields[0::3] + fields[1::3] == _STATS64_HEADERS[0::2] + _STATS64_HEADERS[1::2]:
+        if fields[0::3] + fields[1::3] == _STATS64_HEADERS:
             return Stats(*conns, *fields[2:15:3])  # CONNS, INPKTS, OUTPKTS, INBYTES, OUTBYTES
     wide = raw is not None
     s = nl.parse_attrs(raw if raw is not None else attrs.get(stats32, memoryview(b"")))
