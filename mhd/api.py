@@ -369,8 +369,9 @@ _PREDICT: Any = None
 
 
 async def predict_module() -> Any:
-    """mhd.predict, imported in a worker thread the first time: it imports numpy, whose import on
-    the daemon's loop would stall every probe (90 ms on a host core, over a second under emulation)."""
+    """mhd.predict. The daemon imports it at start (`preload_model`); an app served without
+    `start` (tests) imports it here, in a worker thread: it imports numpy, whose import on the
+    loop would stall every probe (90 ms on a host core, over a second under emulation)."""
     global _PREDICT
     if _PREDICT is None:
         _PREDICT = await asyncio.to_thread(importlib.import_module, f"{__package__}.predict")

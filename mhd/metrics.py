@@ -201,8 +201,9 @@ class SlotShares:
     def shares(self, observed: Service, tab_index: int, variant: str) -> dict[DestKey, float]:
         """The shares if known for this exact list; otherwise {} now, and computed for a later scrape.
 
-        The model is imported by the worker too: numpy's import on the daemon's loop stalled every
-        probe on the first scrape (90 ms on a host core, over a second under emulation).
+        The daemon imports the model at start (`mhd.api.preload_model`); otherwise the worker does,
+        never the loop: numpy's import there stalled every probe on the first scrape (90 ms on a
+        host core, over a second under emulation).
         """
         if (self._looked_up and self._model is None) or not observed.dests:
             return {}
