@@ -2,7 +2,7 @@
 """The API under a burst of concurrent GET /v1/status while health checks run, on the host.
 
 The daemon's real prober (TCP and HTTP checks of 8 servers on loopback addresses, one
-`scripts/demo_server.py` process answering them), its real API (`mhd.api.start`: TCP and the unix
+`scripts/demo_server.py` process answering them), its real API (`mhd.api.server.start`: TCP and the unix
 socket) and metrics, over a `FakeDaemon` state (no IPVS needed); a separate client process fires
 the burst (as tests/vm/test_api_kernel.py does). Reported, for a quiet window and the burst:
 
@@ -180,7 +180,7 @@ def lag_counts(metrics: Any) -> dict[float, float]:
 async def daemon_main(args: argparse.Namespace) -> None:
     from fakes import FakeDaemon
 
-    from mhd import api
+    from mhd.api import server as api
 
     if args.connections:
         api.MAX_CONNECTIONS, api.TCP_CONNECTIONS = args.connections, max(1, args.connections * 3 // 4)
@@ -235,7 +235,7 @@ def main() -> None:
     p.add_argument("--unix", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quiet", type=float, default=5.0)
-    p.add_argument("--connections", type=int, default=0, help="override mhd.api.MAX_CONNECTIONS")
+    p.add_argument("--connections", type=int, default=0, help="override mhd.api.server.MAX_CONNECTIONS")
     args = p.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))

@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mhd.client import Client  # noqa: E402
-from mhd.config import loads  # noqa: E402
+from mhd.config.validate import loads  # noqa: E402
+from mhd.ctl.client import Client  # noqa: E402
 from mhd.ipvs import IpvsClient  # noqa: E402
 from mhd.reconcile import reconcile  # noqa: E402
 from mhd.state import StateDir  # noqa: E402

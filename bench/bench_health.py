@@ -6,8 +6,8 @@ a 1 s interval must not fall behind (a late check is a late failover), and the d
 months, so fds and RSS must stay flat.
 
 Two separate processes serve N TCP listeners (127.1.x.y:9000, accept and close) and N HTTP
-listeners (127.2.x.y:9000) on the other CPUs; this process runs the real `mhd.prober.Prober`,
-with the daemon's Prometheus probe hook (`mhd.metrics.Metrics.on_probe`) attached as in the
+listeners (127.2.x.y:9000) on the other CPUs; this process runs the real `mhd.probing.prober.Prober`,
+with the daemon's Prometheus probe hook (`mhd.api.metrics.Metrics.on_probe`) attached as in the
 daemon, pinned to one CPU, and measures over a soak window after one interval of warm-up:
 
 * checks/s, the lag between each probe's due time and its start (p50, p99),
@@ -47,10 +47,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mhd.checkers import CheckResult
-from mhd.checkspec import CheckSpec
-from mhd.metrics import Metrics
-from mhd.prober import CheckKey, Prober, Target
+from mhd.api.metrics import Metrics
+from mhd.config.checkspec import CheckSpec
+from mhd.probing.checkers import CheckResult
+from mhd.probing.prober import CheckKey, Prober, Target
 
 PORT = 9000
 LAG_BUCKET = 1e-4  # seconds: the lag histogram has 0.1 ms resolution up to 2 s

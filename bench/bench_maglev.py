@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Benchmark of the Maglev model (mhd.maglev) against the C reference, in one run.
+"""Benchmark of the Maglev model (mhd.maglev.table) against the C reference, in one run.
 
 Targets (from the issue):
   * building the table for M=65521 with 1,000 servers and for M=4093 with 16 servers takes at
     most 10x the C reference (bench/maglev_ref.c, gcc -O2) building the same table;
   * 1,000,000 predictions take at most 2 s on one core.
 
-mhd.maglev has two population loops, giving the same tables: the compiled one
-(mhd._maglev_fast, built by ``setup.py build_ext --inplace`` or by installing the package) and
+mhd.maglev.table has two population loops, giving the same tables: the compiled one
+(mhd.maglev._fast, built by ``setup.py build_ext --inplace`` or by installing the package) and
 the numpy fallback (used when the extension is missing or MHD_MAGLEV_PURE=1). Both are timed;
 the build target is judged on the compiled one when it is built, else on the fallback, and the
 output says which.
@@ -43,8 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mhd import maglev  # noqa: E402
-from mhd.maglev import MaglevTable, MhDest, build_table, table_size  # noqa: E402
+from mhd.maglev import table as maglev  # noqa: E402
+from mhd.maglev.table import MaglevTable, MhDest, build_table, table_size  # noqa: E402
 
 BUILD_RATIO_TARGET = 10.0
 PREDICTIONS = 1_000_000
@@ -62,7 +62,7 @@ class BuildFigure:
     ratio: float
     identical: bool  # every path measured built the C reference's table
     met: bool
-    compiled_ms: float | None  # None: mhd._maglev_fast not built
+    compiled_ms: float | None  # None: mhd.maglev._fast not built
     compiled_ratio: float | None
     numpy_ms: float
     numpy_ratio: float
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"population loop: compiled ({Path(maglev._maglev_fast.__file__ or '?').name}), judged;")
             print("                 numpy fallback (MHD_MAGLEV_PURE=1) timed for comparison")
         else:
-            print("population loop: numpy fallback only, mhd._maglev_fast NOT built")
+            print("population loop: numpy fallback only, mhd.maglev._fast NOT built")
             print("                 (build it: .venv/bin/python setup.py build_ext --inplace)")
         print(
             f"{'table build':<28}{'path':<10}{'Python ms':>11}{'C ms':>10}{'ratio':>8}{'same table':>12}"

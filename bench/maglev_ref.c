@@ -1,6 +1,6 @@
 /* maglev_ref.c - an independent C model of the Linux ip_vs_mh lookup table.
  *
- * Written for mhd as an oracle for mhd/maglev.py and as the yardstick for its benchmark. It follows
+ * Written for mhd as an oracle for mhd/maglev/table.py and as the yardstick for its benchmark. It follows
  * the kernel's behaviour (net/netfilter/ipvs/ip_vs_mh.c, lib/siphash.c) step by step in plain C,
  * so a bug in the numpy model shows up as a slot-level difference instead of hiding behind the
  * same vectorised trick.

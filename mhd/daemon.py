@@ -24,18 +24,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, kernel, sdnotify
-from .checkers import CheckResult
-from .config import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
-from .config_reload import ConfigReloader, Replaced
-from .health import Health, Transition
-from .ipvs import IpvsClient
-from .model import DestKey, Service, ServiceKey, mh_table_size
-from .netlink import NetlinkError
-from .prober import CheckKey, ProbeHook, Prober, Target
-from .reconcile import Outcome, reconcile
-from .state import StateDir, StateError
-from .yamlsource import ConfigError
+from mhd import __version__, kernel, sdnotify
+from mhd.config.reload import ConfigReloader, Replaced
+from mhd.config.validate import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
+from mhd.config.yamlsource import ConfigError
+from mhd.health import Health, Transition
+from mhd.ipvs import IpvsClient
+from mhd.model import DestKey, Service, ServiceKey, mh_table_size
+from mhd.netlink import NetlinkError
+from mhd.probing.checkers import CheckResult
+from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
+from mhd.reconcile import Outcome, reconcile
+from mhd.state import StateDir, StateError
 
 log = logging.getLogger("mhd")
 
@@ -390,7 +390,7 @@ class Daemon:
 def replaced_services(old: Config, new: Config) -> Replaced:
     """The services of `old` that `new` does not hold as the very same object, and the new ones.
 
-    An incremental load (`mhd.config_reload`) reuses every service it did not re-read, so this is
+    An incremental load (`mhd.config.reload`) reuses every service it did not re-read, so this is
     the edit, found without hashing 1,000 keys; after a full load it is every service."""
     kept = {id(s) for s in old.services} & {id(s) for s in new.services}
     return tuple(s for s in old.services if id(s) not in kept), tuple(s for s in new.services if id(s) not in kept)
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("only %d file descriptors allowed (RLIMIT_NOFILE): probes in flight beyond that fail", soft)
     daemon = Daemon(find_config(args.config), args.state_dir)
     try:
-        from . import api
+        from mhd.api import server as api
 
         return asyncio.run(daemon.run(on_ready=api.start))
     except ConfigError as exc:

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from mhd.checkers import CheckResult
-from mhd.checkspec import CheckSpec
+from mhd.config.checkspec import CheckSpec
+from mhd.probing.checkers import CheckResult
 
 State = Literal["unknown", "up", "down"]
 

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import netlink as nl
-from .kernel import IpvsUnavailable
-from .model import Dest, DestKey, IPAddress, Service, ServiceKey, Stats
-from .planner import Op
+from mhd import netlink as nl
+from mhd.kernel import IpvsUnavailable
+from mhd.model import Dest, DestKey, IPAddress, Service, ServiceKey, Stats
+from mhd.planner import Op
 
 _pyroute2 = nl.pyroute2_netlink()
 genlmsg: Any = _pyroute2.genlmsg

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .model import DEFAULT_MH_TAB_INDEX, mh_table_size
+from mhd.model import DEFAULT_MH_TAB_INDEX, mh_table_size
 
 SYS_MODULE = Path("/sys/module")
 MhVariant = Literal["intree", "backport"]

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from .model import NO_SCHEDULER, Dest, OpKind, Service, ServiceKey
+from mhd.model import NO_SCHEDULER, Dest, OpKind, Service, ServiceKey
 
 
 class Op(NamedTuple):

@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .config import Config, ServiceConfig
-from .model import DestKey, Service, ServiceKey
-from .planner import Desired, Op, apply_ops, plan, unmanaged
-from .state import StateDir
+from mhd.config.validate import Config, ServiceConfig
+from mhd.model import DestKey, Service, ServiceKey
+from mhd.planner import Desired, Op, apply_ops, plan, unmanaged
+from mhd.state import StateDir
 
 if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes it through
-    from .ipvs import IpvsClient, OpFailure
+    from mhd.ipvs import IpvsClient, OpFailure
 
 log = logging.getLogger("mhd.reconcile")
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .model import ServiceKey
+from mhd.model import ServiceKey
 
 
 class StateError(Exception):

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from mhd.checkers import CheckResult
-from mhd.config import load
+from mhd.config.validate import load
 from mhd.daemon import Daemon, ReloadResult
 from mhd.health import Health, State
 from mhd.kernel import KernelInfo
 from mhd.model import DestKey, Service, Stats, parse_ip
+from mhd.probing.checkers import CheckResult
 from mhd.reconcile import Outcome, desired_state
 from mhd.state import StateDir
 

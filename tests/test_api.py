@@ -21,10 +21,10 @@ from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 from fakes import FakeDaemon, health, spy_imports
 
-from mhd import api as api_module
-from mhd.api import MAX_BODY, Api, StatusBodies, openapi, start
+from mhd.api import server as api_module
+from mhd.api.metrics import Metrics
+from mhd.api.server import MAX_BODY, Api, StatusBodies, openapi, start
 from mhd.daemon import Daemon
-from mhd.metrics import Metrics
 from mhd.model import Stats
 from mhd.state import StateDir
 
@@ -275,7 +275,7 @@ async def test_an_unexpected_exception_is_a_logged_json_500(
 
     monkeypatch.setattr(api_module, "status", broken)
     async with served(d, trusted=False) as client:
-        with caplog.at_level(logging.ERROR, "mhd.api"):
+        with caplog.at_level(logging.ERROR, "mhd.api.server"):
             err = await get_json(client, "/v1/status", 500)
     assert err == {"error": "internal error, see the daemon's log"}
     assert "boom" in caplog.text
@@ -357,7 +357,7 @@ async def test_the_maglev_model_is_imported_off_the_loop(
     async with served(make_daemon(tmp_path), trusted=False) as client:
         await get_json(client, "/v1/services/web/table")
         await get_json(client, "/v1/services/web/predict?client=198.51.100.7")
-    assert seen == [("mhd.predict", False)]
+    assert seen == [("mhd.maglev.predict", False)]
 
 
 # --- the real listeners -------------------------------------------------------------------------------
@@ -422,13 +422,13 @@ async def test_predict_takes_the_documented_10000_clients_on_the_real_listener(t
 async def test_the_maglev_model_is_imported_at_start_not_at_first_use(tmp_path: Path) -> None:
     """numpy's import holds the interpreter lock for seconds under emulation: done at start, before
     the prober runs, no scrape or prediction ever makes probes wait for it."""
-    import mhd.api
+    import mhd.api.server
 
-    mhd.api._PREDICT = None
+    mhd.api.server._PREDICT = None
     close = await start(make_daemon(tmp_path, CONFIG))
     try:
-        assert mhd.api._PREDICT is not None and hasattr(mhd.api._PREDICT, "predict")
-        assert await mhd.api.predict_module() is mhd.api._PREDICT  # no import left to do
+        assert mhd.api.server._PREDICT is not None and hasattr(mhd.api.server._PREDICT, "predict")
+        assert await mhd.api.server.predict_module() is mhd.api.server._PREDICT  # no import left to do
     finally:
         await close()
 
@@ -643,7 +643,7 @@ def test_fuzz_from_openapi_never_5xx(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @aio
 async def test_table_and_predict_answer_from_the_live_list(tmp_path: Path) -> None:
-    from mhd.predict import Model, predict, shares
+    from mhd.maglev.predict import Model, predict, shares
 
     d = make_daemon(tmp_path)
     live = d.observed[next(k for k in d.observed if str(k) == "tcp:203.0.113.15:80")]

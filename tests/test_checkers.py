@@ -28,8 +28,8 @@ from servers import (
     until,
 )
 
-from mhd.checkers import CheckResult, Probes, build_query, parse_header, probe, timers
-from mhd.checkspec import CheckSpec
+from mhd.config.checkspec import CheckSpec
+from mhd.probing.checkers import CheckResult, Probes, build_query, parse_header, probe, timers
 
 # --- tcp --------------------------------------------------------------------------------------
 

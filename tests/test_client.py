@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from mhd import ctl
-from mhd.api import start
-from mhd.checkers import CheckResult
-from mhd.client import Colors, format_status, use_color
-from mhd.config import load
+from mhd.api.server import start
+from mhd.config.validate import load
+from mhd.ctl import main as ctl
+from mhd.ctl.client import Colors, format_status, use_color
 from mhd.daemon import Daemon, ReloadResult
 from mhd.health import Health
 from mhd.kernel import KernelInfo
 from mhd.model import Service
+from mhd.probing.checkers import CheckResult
 from mhd.reconcile import Outcome, desired_state
 from mhd.state import StateDir
 
@@ -221,5 +221,5 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPa
 
 
 def test_mhctl_does_not_import_aiohttp() -> None:
-    code = "import sys, mhd.ctl; sys.exit('aiohttp' in sys.modules)"
+    code = "import sys, mhd.ctl.main; sys.exit('aiohttp' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhd.config import load, loads
+from mhd.config.validate import load, loads
+from mhd.config.yamlsource import ConfigError
 from mhd.model import MH_FALLBACK, MH_PORT
-from mhd.yamlsource import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhd.config import Config, load
-from mhd.config_reload import ConfigReloader
-from mhd.yamlsource import ConfigError
+from mhd.config.reload import ConfigReloader
+from mhd.config.validate import Config, load
+from mhd.config.yamlsource import ConfigError
 
 
 def service_block(i: int, servers: int, *, column: int = 2, weight: int = 1, check: bool = False) -> list[str]:

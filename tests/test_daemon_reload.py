@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mhd.config import load
+from mhd.config.validate import load
 from mhd.daemon import Daemon, changed_services, targets
 from mhd.kernel import KernelInfo
 from mhd.planner import apply_ops

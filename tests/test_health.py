@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhd.checkers import CheckResult, StallLog
-from mhd.checkspec import CheckSpec
+from mhd.config.checkspec import CheckSpec
 from mhd.health import STALL_FRACTION, Health, Transition, inconclusive, initial, observe
+from mhd.probing.checkers import CheckResult, StallLog
 
 OK = CheckResult(True, 0.001, "HTTP 200", 0.0)
 BAD = CheckResult(False, 1.0, "HTTP 500", 0.0)

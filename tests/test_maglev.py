@@ -1,4 +1,4 @@
-"""The Maglev model (mhd.maglev): kernel semantics, properties, and a C oracle.
+"""The Maglev model (mhd.maglev.table): kernel semantics, properties, and a C oracle.
 
 The fast table builder is checked slot for slot against a line-by-line transcription of
 ``ip_vs_mh_populate`` (``_populate_reference``) and against bench/maglev_ref.c, an independent
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mhd import maglev
-from mhd.maglev import (
+from mhd.maglev import table as maglev
+from mhd.maglev.table import (
     TAB_PRIMES,
     MaglevTable,
     MhDest,

@@ -1,6 +1,6 @@
-"""The compiled population loop (mhd._maglev_fast) against the numpy builder and the kernel's loop.
+"""The compiled population loop (mhd.maglev._fast) against the numpy builder and the kernel's loop.
 
-mhd.maglev uses the C loop when the extension is built and ``MHD_MAGLEV_PURE`` is not set; these
+mhd.maglev.table uses the C loop when the extension is built and ``MHD_MAGLEV_PURE`` is not set; these
 tests check that both paths give the same tables (under hypothesis and at the benchmark's
 sizes) and that the extension refuses bad input with Python exceptions. Build it first with
 ``.venv/bin/python setup.py build_ext --inplace``; without it the comparisons are skipped.
@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhd import maglev
-from mhd.maglev import MaglevTable, MhDest, build_table
+from mhd.maglev import table as maglev
+from mhd.maglev.table import MaglevTable, MhDest, build_table
 
 fast: Any = maglev._maglev_fast
 needs_fast = pytest.mark.skipif(
-    fast is None, reason="mhd._maglev_fast not built (setup.py build_ext --inplace)"
+    fast is None, reason="mhd.maglev._fast not built (setup.py build_ext --inplace)"
 )
 
 Path = Literal["compiled", "numpy"]

@@ -14,11 +14,11 @@ from fakes import FakeDaemon, health, key, spy_imports
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mhd import metrics as metrics_module
-from mhd.checkers import CheckResult
-from mhd.metrics import Metrics, render_families
+from mhd.api import metrics as metrics_module
+from mhd.api.metrics import Metrics, render_families
 from mhd.model import Stats
-from mhd.prober import check_key
+from mhd.probing.checkers import CheckResult
+from mhd.probing.prober import check_key
 
 # A smaller world than test_api's: every service in the kernel, 10.0.0.1:80 with traffic.
 CONFIG = """
@@ -166,7 +166,7 @@ def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
     assert time.time() - value(s, "mhd_last_reconcile_timestamp_seconds") < 5
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mhd.maglev") is None, reason="no Maglev model")
+@pytest.mark.skipif(importlib.util.find_spec("mhd.maglev.table") is None, reason="no Maglev model")
 def test_slot_shares_from_the_maglev_model(tmp_path: Path) -> None:
     pytest.importorskip("numpy")
     d = make_daemon(tmp_path)
@@ -194,7 +194,7 @@ def test_the_maglev_model_is_imported_off_the_scraping_thread(
     metrics = Metrics(make_daemon(tmp_path))
     scrape(metrics)
     metrics.collector.slots.wait()
-    assert seen == [("mhd.maglev", False)]
+    assert seen == [("mhd.maglev.table", False)]
 
 
 def test_fast_exposition_equals_prometheus_client(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from mhd.maglev import MhDest, build_table, moved_fraction
+from mhd.maglev.predict import Model, moves, parse_client, plan_moves, predict, shares
+from mhd.maglev.table import MhDest, build_table, moved_fraction
 from mhd.model import MH_PORT, Dest, DestKey, Service, ServiceKey, parse_ip
 from mhd.planner import Desired, plan
-from mhd.predict import Model, moves, parse_client, plan_moves, predict, shares
 
 KEY = ServiceKey(socket.AF_INET, protocol=17, address=parse_ip("203.0.113.53"), port=53)
 MODEL = Model(12, "intree")

@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import LO, aio, closed_port, pid_gone, tarpit, tcp_server, until
 
-from mhd.checkers import CheckResult
-from mhd.checkspec import CheckSpec
+from mhd.config.checkspec import CheckSpec
 from mhd.health import Health, Transition
-from mhd.prober import CheckKey, Prober, Target, check_key, first_due, next_due, phase
+from mhd.probing.checkers import CheckResult
+from mhd.probing.prober import CheckKey, Prober, Target, check_key, first_due, next_due, phase
 
 FAST = CheckSpec(type="tcp", interval=0.05, timeout=0.04, rise=1, fall=1)
 

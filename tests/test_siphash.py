@@ -1,4 +1,4 @@
-"""mhd.siphash against the Linux kernel's own self-test vectors.
+"""mhd.maglev.siphash against the Linux kernel's own self-test vectors.
 
 The vectors are copied from lib/siphash_kunit.c (formerly lib/test_siphash.c): message i is the
 bytes 0, 1, ..., i-1. The 64-bit ``hsiphash`` table is what a 64-bit kernel computes
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhd.siphash import (
+from mhd.maglev.siphash import (
     halfsiphash,
     hsiphash,
     hsiphash_u32,

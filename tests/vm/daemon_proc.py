@@ -18,7 +18,7 @@ from pathlib import Path
 
 import netns as nsh
 
-from mhd.client import unix_connection  # standard library only: cheap in the guest
+from mhd.ctl.client import unix_connection  # standard library only: cheap in the guest
 
 START_TIMEOUT = 600.0  # Python start-up under TCG on a loaded 2-core host can take minutes
 

@@ -9,7 +9,7 @@ HTTP checks of /healthz on 8080) and `dns` (udp/53, TCP checks of 8080), so 2 x 
 distinct probes every INTERVAL.
 
 Check lag is what the daemon itself measures: `mhd_check_lag_seconds`, the histogram of the delay
-between each probe's due time and its start (mhd/prober.py), scraped from /metrics before and after
+between each probe's due time and its start (mhd/probing/prober.py), scraped from /metrics before and after
 a window. Its bucket bounds include 0.1 s, the benchmark's p99 target, so "p99 <= 100 ms" is read
 exactly from the counts; other quantiles are interpolated within buckets, as histogram_quantile
 does. A prober that falls more than an interval behind skips the missed slots, which the lag
@@ -335,7 +335,7 @@ def test_1000_concurrent_status_requests_do_not_delay_checks(lab: Lab, report: C
     assert busy.probes >= busy.slots - 2 * len(SERVERS) - 1, busy.describe()
     # The benchmark's target, p99 due-to-start lag <= 100 ms, read exactly from the bucket counts,
     # here too, where every loop iteration runs ~10-20x slower than on a host core: the API serves
-    # a bounded number of connections at a time (mhd.api.Admission), so no iteration holds the
+    # a bounded number of connections at a time (mhd.api.server.Admission), so no iteration holds the
     # whole burst (before that: p99 222 ms, 94.5 % within 100 ms in this VM).
     assert busy.share_within(LAG_TARGET) >= 0.99, busy.describe()
 

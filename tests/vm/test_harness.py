@@ -270,7 +270,7 @@ def test_many_explicit_client_addresses(
 
 def test_mhd_cmd_runs_in_namespace(netns: nsh.NetnsFactory, repo_root: Path) -> None:
     if not (repo_root / "mhd" / "ctl.py").exists():
-        pytest.skip("mhd/ctl.py does not exist yet")
+        pytest.skip("mhd/ctl/main.py does not exist yet")
     ns = netns("ctl")
     proc = nsh.mhd_cmd(ns, "--help", check=False)
     assert proc.returncode == 0, proc.stderr

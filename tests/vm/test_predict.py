@@ -13,8 +13,8 @@ import pytest
 
 from mhd import kernel
 from mhd.ipvs import IpvsClient
+from mhd.maglev.predict import Model, predict
 from mhd.model import PROTOCOLS, ServiceKey, parse_ip
-from mhd.predict import Model, predict
 
 FLOWS = 20_000
 

@@ -10,7 +10,7 @@ import netns as nsh
 import pytest
 from configs import dns_config
 
-from mhd.config import loads
+from mhd.config.validate import loads
 from mhd.ipvs import IpvsClient
 from mhd.model import Service
 from mhd.planner import Desired, plan

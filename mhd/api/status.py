@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import __version__
-from .model import (
+from mhd import __version__
+from mhd.model import (
     MH_FALLBACK,
     MH_PORT,
     PROTOCOL_NAMES,
@@ -30,8 +30,8 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .config import ServerConfig, ServiceConfig
-    from .daemon import Daemon
+    from mhd.config.validate import ServerConfig, ServiceConfig
+    from mhd.daemon import Daemon
 
 ServiceState = Literal["ok", "degraded", "panic", "down"]
 SERVICE_STATES: tuple[str, ...] = ("ok", "degraded", "panic", "down")

@@ -1,11 +1,11 @@
-/* _maglev_fast.c - the claim loop of ip_vs_mh_populate, compiled, for mhd.maglev.
+/* _fast.c - the claim loop of ip_vs_mh_populate, compiled, for mhd.maglev.table.
  *
- * mhd.maglev models the kernel's Maglev lookup table slot for slot. Hashing, weights and all
+ * mhd.maglev.table models the kernel's Maglev lookup table slot for slot. Hashing, weights and all
  * checks stay in Python; this module only runs the population loop, which is a chain of
- * dependent claims that numpy cannot vectorise (see mhd/maglev.py, _populate_reference, for
+ * dependent claims that numpy cannot vectorise (see mhd/maglev/table.py, _populate_reference, for
  * the loop as the kernel writes it, and bench/README.md for the figures).
  *
- * It is optional: mhd.maglev falls back to its numpy builder when this module is not built
+ * It is optional: mhd.maglev.table falls back to its numpy builder when this module is not built
  * or MHD_MAGLEV_PURE=1 is set. It uses only the limited (stable) C API of Python 3.11 and the
  * buffer protocol, so it builds against Debian's python3-dev without numpy headers.
  *
@@ -244,8 +244,8 @@ static PyMethodDef mh_methods[] = {
 
 static struct PyModuleDef mh_module = {
 	PyModuleDef_HEAD_INIT,
-	"mhd._maglev_fast",
-	"Compiled population loop of the ip_vs_mh lookup table, for mhd.maglev (optional).",
+	"mhd.maglev._fast",
+	"Compiled population loop of the ip_vs_mh lookup table, for mhd.maglev.table (optional).",
 	0,
 	mh_methods,
 	NULL,
@@ -254,7 +254,7 @@ static struct PyModuleDef mh_module = {
 	NULL,
 };
 
-PyMODINIT_FUNC PyInit__maglev_fast(void)
+PyMODINIT_FUNC PyInit__fast(void)
 {
 	return PyModuleDef_Init(&mh_module);
 }

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from mhd.checkspec import CheckSpec
+from mhd.config.checkspec import CheckSpec
 
 MAX_BODY = 64 * 1024  # bytes of an HTTP body searched by body_regex
 MAX_HEADER = 16 * 1024  # bytes of HTTP status line + headers accepted

@@ -18,8 +18,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .checkspec import CHECK_TYPES, CheckSpec
-from .model import (
+from mhd.config.checkspec import CHECK_TYPES, CheckSpec
+from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse
+from mhd.model import (
     FORWARD_METHODS,
     MH_FALLBACK,
     MH_PORT,
@@ -33,7 +34,6 @@ from .model import (
     mh_table_size,
     parse_ip,
 )
-from .yamlsource import ConfigError, Located, Problem, gc_paused, parse
 
 DEFAULT_CONFIGS = ("/etc/mhd/mhd.yaml", "/etc/mhd.yaml")
 DEFAULT_STATE_DIR = "/var/lib/mhd"
@@ -202,7 +202,7 @@ def loads(text: str, file: str = "<config>", mh_slots: int | None = None, sha256
 
 def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, _Validator]:
     """The config of a parsed file, and the validator that holds what services inherit (defaults,
-    default check, MH slots): `mhd.config_reload` validates edited services against it alone."""
+    default check, MH slots): `mhd.config.reload` validates edited services against it alone."""
     v = _Validator(file, mh_slots)
     config = v.config(root, sha256)
     if v.problems:

@@ -14,15 +14,17 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, client, ctl_maglev, kernel
-from .config import Config, load
-from .netlink import NetlinkError
-from .reconcile import reconcile
-from .state import StateDir, StateError
-from .yamlsource import ConfigError
+from mhd import __version__, kernel
+from mhd.config.validate import Config, load
+from mhd.config.yamlsource import ConfigError
+from mhd.ctl import client
+from mhd.ctl import maglev as ctl_maglev
+from mhd.netlink import NetlinkError
+from mhd.reconcile import reconcile
+from mhd.state import StateDir, StateError
 
 if TYPE_CHECKING:
-    from .ipvs import IpvsClient
+    from mhd.ipvs import IpvsClient
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -32,14 +34,14 @@ class Failure(Exception):
 
 
 def _config(path: str) -> Config:
-    from .model import mh_table_size
+    from mhd.model import mh_table_size
 
     index, _source = kernel.mh_tab_index()
     return load(path, mh_slots=mh_table_size(index))
 
 
 async def _client(config: Config) -> IpvsClient:
-    from .ipvs import IpvsClient  # pyroute2: only for the commands that talk to the kernel
+    from mhd.ipvs import IpvsClient  # pyroute2: only for the commands that talk to the kernel
 
     warnings = kernel.load_modules(config.schedulers())
     for w in warnings:
@@ -62,7 +64,7 @@ async def cmd_plan(args: argparse.Namespace) -> int:
         outcome = await reconcile(client, config, state, dry_run=True)
     finally:
         client.close()
-    from .predict import plan_moves  # numpy: only for the commands that need the model
+    from mhd.maglev.predict import plan_moves  # numpy: only for the commands that need the model
 
     moved = plan_moves(outcome.observed, outcome.ops, ctl_maglev.model_for(config))
     if args.json:

@@ -19,7 +19,7 @@ same families convert to prometheus_client `Metric`s for any registry (`collect(
 checks that both expositions parse to the same samples.
 
 `mhd_server_slot_share` is the share of the Maglev table each server holds, predicted by
-`mhd.maglev` from the kernel's destination list. A table takes milliseconds to build, so shares are
+`mhd.maglev.table` from the kernel's destination list. A table takes milliseconds to build, so shares are
 computed in a worker thread once per distinct list and appear from the scrape after it finished; they
 are skipped when the model is not available.
 """
@@ -40,15 +40,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
-from .status import SERVICE_STATES, service_state
+from mhd import __version__
+from mhd.api.status import SERVICE_STATES, service_state
+from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 
 if TYPE_CHECKING:
-    from .checkers import CheckResult
-    from .config import Config, ServiceConfig
-    from .daemon import Daemon, ReloadResult
-    from .prober import CheckKey, Target
+    from mhd.config.validate import Config, ServiceConfig
+    from mhd.daemon import Daemon, ReloadResult
+    from mhd.probing.checkers import CheckResult
+    from mhd.probing.prober import CheckKey, Target
 
 log = logging.getLogger("mhd.metrics")
 
@@ -187,11 +187,11 @@ class SlotShares:
         self._looked_up = False
 
     def model(self) -> Any:
-        """`mhd.maglev` when it is importable and has `build_table`, else None (looked up once)."""
+        """`mhd.maglev.table` when it is importable and has `build_table`, else None (looked up once)."""
         if not self._looked_up:
             self._looked_up = True
             try:
-                module = importlib.import_module("mhd.maglev")
+                module = importlib.import_module("mhd.maglev.table")
             except Exception as exc:  # an optional model: never fail a scrape over it
                 log.info("no Maglev model, mhd_server_slot_share not exported: %s", exc)
                 return None
@@ -201,7 +201,7 @@ class SlotShares:
     def shares(self, observed: Service, tab_index: int, variant: str) -> dict[DestKey, float]:
         """The shares if known for this exact list; otherwise {} now, and computed for a later scrape.
 
-        The daemon imports the model at start (`mhd.api.preload_model`); otherwise the worker does,
+        The daemon imports the model at start (`mhd.api.server.preload_model`); otherwise the worker does,
         never the loop: numpy's import there stalled every probe on the first scrape (90 ms on a
         host core, over a second under emulation).
         """

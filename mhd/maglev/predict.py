@@ -1,7 +1,7 @@
 """Maglev answers for kernel services: which server a client goes to, shares, flows a change moves.
 
 The bridge between mhd's kernel model (`Service`, in kernel list order) and the slot-exact table
-model (`mhd.maglev`). Pure: the callers read the kernel or the config.
+model (`mhd.maglev.table`). Pure: the callers read the kernel or the config.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .maglev import Family, MaglevTable, MhDest, Variant, build_table, moved_fraction
-from .model import MH_FALLBACK, MH_PORT, PROTOCOL_NAMES, DestKey, Service, ServiceKey, parse_ip
-from .planner import Op, apply_ops
+from mhd.maglev.table import Family, MaglevTable, MhDest, Variant, build_table, moved_fraction
+from mhd.model import MH_FALLBACK, MH_PORT, PROTOCOL_NAMES, DestKey, Service, ServiceKey, parse_ip
+from mhd.planner import Op, apply_ops
 
 
 @dataclass(frozen=True)

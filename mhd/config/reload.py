@@ -24,10 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from .checkspec import CheckSpec
-from .config import Config, ServiceConfig, _Validator, load, validate
-from .model import ServiceKey
-from .yamlsource import ConfigError, Located, compose, gc_paused, locate
+from mhd.config.checkspec import CheckSpec
+from mhd.config.validate import Config, ServiceConfig, _Validator, load, validate
+from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate
+from mhd.model import ServiceKey
 
 # An anchor (&a) or alias (*a) ties distant parts of the file together: no shortcut then. This also
 # matches a few harmless strings (a URL with &); they only cost a full load.
@@ -77,7 +77,7 @@ class ConfigReloader:
         self.replaced: Replaced | None = None
 
     def load(self, path: str | Path) -> Config:
-        """Read and validate `path`, like `mhd.config.load`. Raises ConfigError listing every problem."""
+        """Read and validate `path`, like `mhd.config.validate.load`. Raises ConfigError listing every problem."""
         file = str(path)
         try:
             data = Path(path).read_bytes()

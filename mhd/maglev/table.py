@@ -34,7 +34,7 @@ Two variants are modelled, because mhd meets both in the field:
     weight is used and there is no fallback.
 
 Population, the one step that is a long chain of dependent operations, runs in C when the
-optional extension ``mhd._maglev_fast`` is built (``setup.py``), and in numpy otherwise or when
+optional extension ``mhd.maglev._fast`` is built (``setup.py``), and in numpy otherwise or when
 the environment sets ``MHD_MAGLEV_PURE=1``; both give the same tables.
 """
 
@@ -55,12 +55,12 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from mhd.siphash import hsiphash, hsiphash_u32, hsiphash_u32_multi
+from mhd.maglev.siphash import hsiphash, hsiphash_u32, hsiphash_u32_multi
 
-# The compiled population loop (mhd/_maglev_fast.c, built by setup.py) is optional.
+# The compiled population loop (mhd/maglev/_fast.c, built by setup.py) is optional.
 _maglev_fast: ModuleType | None
 try:
-    _maglev_fast = importlib.import_module("mhd._maglev_fast")
+    _maglev_fast = importlib.import_module("mhd.maglev._fast")
 except ImportError:
     _maglev_fast = None
 
@@ -510,7 +510,7 @@ PURE_ENV: Final = "MHD_MAGLEV_PURE"
 
 
 def _populate_path() -> Literal["compiled", "numpy"]:
-    """Which population loop :func:`build_table` runs now: ``"compiled"`` (``mhd._maglev_fast``)
+    """Which population loop :func:`build_table` runs now: ``"compiled"`` (``mhd.maglev._fast``)
     when that module was built and ``MHD_MAGLEV_PURE`` is unset, empty or ``0``; else
     ``"numpy"``. Both give the same tables; the environment is read at every build, so tests
     and the benchmark can switch paths in one process."""
@@ -527,7 +527,7 @@ def _populate_compiled(
 ) -> npt.NDArray[np.intp]:
     """The same table as :func:`_populate_reference`, by the kernel's loop in C."""
     if _maglev_fast is None:
-        raise RuntimeError("mhd._maglev_fast is not built")
+        raise RuntimeError("mhd.maglev._fast is not built")
     out = np.empty(m, dtype=np.int64)
     _maglev_fast.populate(
         np.ascontiguousarray(offsets, dtype=np.int64),

@@ -59,15 +59,15 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import __version__
-from .config import parse_listen
-from .metrics import Metrics
-from .status import find_service, status
+from mhd import __version__
+from mhd.api.metrics import Metrics
+from mhd.api.status import find_service, status
+from mhd.config.validate import parse_listen
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
-    from .model import Service
-    from .predict import Model
+    from mhd.daemon import Daemon
+    from mhd.maglev.predict import Model
+    from mhd.model import Service
 
 log = logging.getLogger("mhd.api")
 
@@ -234,7 +234,7 @@ class Api:
 
     def _live(self, name: str, predict: Any) -> tuple[Service, Model]:
         """The service as the kernel holds it now (list order as dumped) and the kernel's model
-        (`predict` is the mhd.predict module, from `predict_module()`)."""
+        (`predict` is the mhd.maglev.predict module, from `predict_module()`)."""
         config = self.daemon.config
         svc = config.by_name(name) if config else None
         if svc is None:
@@ -369,12 +369,12 @@ _PREDICT: Any = None
 
 
 async def predict_module() -> Any:
-    """mhd.predict. The daemon imports it at start (`preload_model`); an app served without
+    """mhd.maglev.predict. The daemon imports it at start (`preload_model`); an app served without
     `start` (tests) imports it here, in a worker thread: it imports numpy, whose import on the
     loop would stall every probe (90 ms on a host core, over a second under emulation)."""
     global _PREDICT
     if _PREDICT is None:
-        _PREDICT = await asyncio.to_thread(importlib.import_module, f"{__package__}.predict")
+        _PREDICT = await asyncio.to_thread(importlib.import_module, "mhd.maglev.predict")
     return _PREDICT
 
 
@@ -386,7 +386,7 @@ def preload_model(metrics: Metrics) -> None:
     at 225-876 ms in the test VM. At start it costs start-up time and 12 MB (host), and nothing waits."""
     global _PREDICT
     try:
-        _PREDICT = importlib.import_module(f"{__package__}.predict")
+        _PREDICT = importlib.import_module("mhd.maglev.predict")
     except ImportError as exc:
         log.warning("no Maglev model (%s): /table, /predict and mhd_server_slot_share are unavailable", exc)
     metrics.collector.slots.model()

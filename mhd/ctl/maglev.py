@@ -14,12 +14,12 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from . import kernel
-from .config import Config, find_config, load
-from .model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
+from mhd import kernel
+from mhd.config.validate import Config, find_config, load
+from mhd.model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
 
 if TYPE_CHECKING:  # the model pulls in numpy: imported when a command needs it, so mhctl starts fast
-    from .predict import Model
+    from mhd.maglev.predict import Model
 
 KEY_RE = re.compile(r"^(tcp|udp|sctp):(.+):(\d+)$|^fwmark:(\d+)(?:/(ipv4|ipv6))?$")
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def model_for(config: Config | None) -> Model:
     """Table size and variant: the config's overrides, else what the running kernel says."""
-    from .predict import Model
+    from mhd.maglev.predict import Model
 
     index = (config.kernel.mh_tab_index if config else None) or kernel.mh_tab_index()[0]
     module = config.kernel.module if config else "auto"
@@ -72,8 +72,8 @@ def socket_family(version: int) -> int:
 
 async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
     """The service to answer for, the model, and a label."""
-    from .ipvs import IpvsClient
-    from .planner import canonical
+    from mhd.ipvs import IpvsClient
+    from mhd.planner import canonical
 
     if args.config:
         config = load(args.config, mh_slots=mh_table_size(kernel.mh_tab_index()[0]))
@@ -117,7 +117,7 @@ async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
 
 
 async def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import parse_client, predict
+    from mhd.maglev.predict import parse_client, predict
 
     lines = args.clients or [line for line in sys.stdin.read().split() if line]
     try:
@@ -142,7 +142,7 @@ async def cmd_predict(args: argparse.Namespace) -> int:
 
 
 async def cmd_table(args: argparse.Namespace) -> int:
-    from .predict import shares, table
+    from mhd.maglev.predict import shares, table
 
     svc, model, name = await resolve(args)
     if svc.scheduler != "mh":

@@ -1,0 +1,3 @@
+from mhd.api.server import main
+
+main()

@@ -1,0 +1,5 @@
+import sys
+
+from mhd.ctl.main import main
+
+sys.exit(main())
