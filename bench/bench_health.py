@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mhd.api.metrics import Metrics
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult
+from mhd.health import CheckResult
 from mhd.probing.prober import CheckKey, Prober, Target
 
 PORT = 9000

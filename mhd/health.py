@@ -1,8 +1,9 @@
 """Per-server health state machine: pure, deterministic, no I/O.
 
 Kept apart from the prober so that the rules that decide when traffic moves can be tested
-exhaustively (hypothesis) without sockets or clocks. The prober feeds it `CheckResult`s and acts
-on the `Transition`s it returns.
+exhaustively (hypothesis) without sockets or clocks. The prober feeds it `CheckResult`s (defined
+here, so that this module needs nothing of the probing layer) and acts on the `Transition`s it
+returns.
 
 Rules:
 
@@ -22,9 +23,20 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult
 
 State = Literal["unknown", "up", "down"]
+
+
+class CheckResult(NamedTuple):
+    """Outcome of one probe. ``latency`` in seconds, ``at`` wall-clock start time; ``timed_out``
+    when the probe's own deadline ended it (the prober then asks whether its loop was stalled).
+    A NamedTuple, as `Health`: one is built per probe, and a frozen dataclass costs 3x more."""
+
+    ok: bool
+    latency: float
+    detail: str
+    at: float
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,10 @@ from servers import (
 )
 
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult, Probes, build_query, parse_header, probe, timers
+from mhd.health import CheckResult
+from mhd.probing.dns import build_query, parse_header
+from mhd.probing.tcp import Probes, probe
+from mhd.probing.timers import timers
 
 # --- tcp --------------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import STALL_FRACTION, Health, Transition, inconclusive, initial, observe
-from mhd.probing.checkers import CheckResult, StallLog
+from mhd.health import STALL_FRACTION, CheckResult, Health, Transition, inconclusive, initial, observe
+from mhd.probing.timers import StallLog
 
 OK = CheckResult(True, 0.001, "HTTP 200", 0.0)
 BAD = CheckResult(False, 1.0, "HTTP 500", 0.0)

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from servers import LO, aio, closed_port, pid_gone, tarpit, tcp_server, until
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import Health, Transition
-from mhd.probing.checkers import CheckResult
+from mhd.health import CheckResult, Health, Transition
 from mhd.probing.prober import CheckKey, Prober, Target, check_key, first_due, next_due, phase
 
 FAST = CheckSpec(type="tcp", interval=0.05, timeout=0.04, rise=1, fall=1)

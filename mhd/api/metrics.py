@@ -47,7 +47,7 @@ from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 if TYPE_CHECKING:
     from mhd.config.validate import Config, ServiceConfig
     from mhd.daemon import Daemon, ReloadResult
-    from mhd.probing.checkers import CheckResult
+    from mhd.health import CheckResult
     from mhd.probing.prober import CheckKey, Target
 
 log = logging.getLogger("mhd.metrics")

@@ -11,9 +11,9 @@ same server keeps the same phase across restarts of the loop. Due times advance 
 interval (no drift from probe duration); a probe can never overrun because ``timeout < interval``,
 and if the loop was starved the missed slots are skipped rather than fired in a burst.
 
-No task per check: due times are entries on the shared `mhd.probing.checkers.Timers` (one loop timer over
+No task per check: due times are entries on the shared `mhd.probing.timers.Timers` (one loop timer over
 a heap of tuples, waking at most once per `TICK`, 1 ms), whose callback starts the probe through
-`mhd.probing.checkers.Probes`, whose callback delivers the result and schedules the next slot. With
+`mhd.probing.tcp.Probes`, whose callback delivers the result and schedules the next slot. With
 10,000 TCP checks a second, a long-lived task per check awaiting its due time and its probe cost
 more CPU than the kernel's own work for the connect.
 
@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import Health, Transition, inconclusive, initial, observe
-from mhd.probing.checkers import CheckResult, Probes, Timers, Token, timers
+from mhd.health import CheckResult, Health, Transition, inconclusive, initial, observe
+from mhd.probing.tcp import Probes
+from mhd.probing.timers import Timers, Token, timers
 
 log = logging.getLogger("mhd.health")
 stall_log = logging.getLogger("mhd.prober")
