@@ -31,6 +31,7 @@ from servers import (
 from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult
 from mhd.probing.dns import build_query, parse_header
+from mhd.probing.exec import EXEC_PATH
 from mhd.probing.tcp import Probes, probe
 from mhd.probing.timers import timers
 
@@ -455,6 +456,72 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
     shell, sleeper = map(int, pids.read_text().split())
     assert pid_gone(shell)  # reaped by the probe itself
     await until(lambda: pid_gone(sleeper), 2.0)  # the backgrounded grandchild too (same process group)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+@aio
+@pytest.mark.parametrize("writer", ["yes", "cat /dev/zero"])
+async def test_exec_that_keeps_writing_ends_at_once_and_leaks_nothing(writer: str) -> None:
+    """It used to hang for ever after the kill: its paused output pipe never reached EOF."""
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", writer), timeout=2.0)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with asyncio.timeout(10):  # a hang fails here rather than at the harness's bound
+        r = await probe(spec, LO, 80)
+    assert not r.ok and r.detail.startswith("more than 1 MiB of output"), r.detail
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+@aio
+async def test_exec_that_writes_slowly_is_killed_at_the_timeout() -> None:
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", "while :; do echo x; sleep 0.01; done"), timeout=0.3)
+    async with asyncio.timeout(10):
+        r = await probe(spec, LO, 80)
+    assert (r.ok, r.detail, r.timed_out) == (False, "timeout after 0.3s", True)
+
+
+@aio
+@pytest.mark.parametrize("end", ["wait", "exit 0"])
+async def test_exec_grandchild_that_calls_setsid_does_not_survive(tmp_path: Path, end: str) -> None:
+    """Out of the command's process group and session: killed once the probe is over, whether the
+    command timed out (``wait``) or exited leaving it behind (``exit 0``)."""
+    pids = tmp_path / "pids"
+    script = f"setsid sleep 30 & echo $! > {pids}; {end}"
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", script), timeout=0.5)
+    r = await probe(spec, LO, 80)
+    assert r.ok == (end == "exit 0"), r.detail
+    sleeper = int(pids.read_text())
+    await until(lambda: pid_gone(sleeper), 3.0)
+
+
+@aio
+async def test_exec_orphan_that_double_forked_during_the_check_does_not_survive(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"(setsid sleep 30 & echo $! > {pids}); sleep 0.2; exit 1"
+    r = await probe(CheckSpec(type="exec", command=("/bin/sh", "-c", script), timeout=2.0), LO, 80)
+    assert (r.ok, r.detail) == (False, "exit 1")
+    await until(lambda: pid_gone(int(pids.read_text())), 3.0)
+
+
+@aio
+async def test_exec_environment_is_minimal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MHD_TEST_DAEMON_SECRET", "not for checks")
+    out = tmp_path / "env"
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", f"/usr/bin/env > {out}"), port=8443)
+    r = await probe(spec, "10.1.2.3", 80, service="web")
+    assert r.ok, r.detail
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert "MHD_TEST_DAEMON_SECRET" not in env
+    assert env["PATH"] == EXEC_PATH
+    assert {k: v for k, v in env.items() if k.startswith("MHD_")} == {
+        "MHD_SERVICE": "web", "MHD_SERVER_ADDRESS": "10.1.2.3", "MHD_SERVER_PORT": "8443"}  # fmt: skip
+
+
+@aio
+async def test_exec_probes_leak_no_fd() -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    commands = [("/bin/true",), ("/bin/false",), ("/nonexistent",), ("/bin/sh", "-c", "sleep 5")]
+    for command in commands * 5:
+        await probe(CheckSpec(type="exec", command=command, timeout=0.1), LO, 80)
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
