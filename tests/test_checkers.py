@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from servers import (
     LO,
+    Handler,
     aio,
     closed_port,
     http_answer,
@@ -173,6 +174,91 @@ async def test_http_body_read_to_close() -> None:
     async with tcp_server(http_handler(answer)) as port:
         r = await probe(CheckSpec(type="http", body_regex="good$"), LO, port)
     assert r.ok, r.detail
+
+
+def hostile(head: bytes, body: bytes = b"", repeat: int = 0, sent: list[int] | None = None) -> Handler:
+    """Reads the request, sends ``head`` and ``body``, then ``body`` again ``repeat`` times as long
+    as the client reads (``sent`` gets the byte count), and keeps the connection open."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head + body)
+            total = len(head) + len(body)
+            for _ in range(repeat):
+                writer.write(body)
+                await writer.drain()
+                total += len(body)
+                if sent is not None:
+                    sent[:] = [total]
+            await reader.read()  # until the client goes away
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+@aio
+async def test_http_huge_chunk_is_read_only_up_to_the_body_limit() -> None:
+    """A 10 GB chunk used to be buffered whole (the daemon grew by 700 MB within a 1 s timeout)."""
+    sent: list[int] = [0]
+    block = b"healthy " * 8192  # 64 KiB
+    handler = hostile(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2540BE400\r\n", block, 4096, sent)
+    async with tcp_server(handler) as port:
+        r = await probe(CheckSpec(type="http", body_regex="healthy", timeout=3.0), LO, port)
+    assert (r.ok, r.detail) == (True, "HTTP 200, body matches")
+    assert sent[0] < 64 * 1024 * 1024  # the server could not push its 256 MiB: nobody read them
+
+
+@aio
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: aaaaaaaaaaaaaaaaaaaa\r\n" * 1000 + b"\r\n",
+    ],
+    ids=["one long line", "many lines"],
+)
+async def test_http_header_over_16_kib_fails_at_once(head: bytes) -> None:
+    async with tcp_server(hostile(head)) as port:
+        r = await probe(CheckSpec(type="http", timeout=3.0), LO, port)
+    assert (r.ok, r.detail, r.timed_out) == (False, "HTTP header too large", False)
+
+
+@aio
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 7\n\nhealthy",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7\n\nhealthy",
+        b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nhea\n4\nlthy\n0\n\n",
+    ],
+    ids=["bare LF", "mixed", "chunked bare LF"],
+)
+async def test_http_bare_lf_answers_are_understood_not_timed_out(answer: bytes) -> None:
+    """The server keeps the connection open: a reader waiting for CRLF CRLF would time out."""
+    async with tcp_server(hostile(answer)) as port:
+        plain = await probe(CheckSpec(type="http", timeout=3.0), LO, port)
+        body = await probe(CheckSpec(type="http", body_regex="^healthy$", timeout=3.0), LO, port)
+    assert (plain.ok, plain.detail) == (True, "HTTP 200")
+    assert (body.ok, body.detail) == (True, "HTTP 200, body matches")
+
+
+@aio
+async def test_http_non_http_banner_fails_at_once() -> None:
+    async with tcp_server(hostile(b"SSH-2.0-OpenSSH_9.2\r\n")) as port:
+        r = await probe(CheckSpec(type="http", timeout=3.0), LO, port)
+    assert (r.ok, r.timed_out) == (False, False) and r.detail.startswith("not an HTTP answer"), r.detail
+
+
+@aio
+async def test_http_bad_chunk_size_is_a_clear_failure() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"
+    async with tcp_server(hostile(answer)) as port:
+        r = await probe(CheckSpec(type="http", body_regex="x", timeout=3.0), LO, port)
+    assert (r.ok, r.detail) == (False, "bad HTTP chunk size: b'zz'")
 
 
 @aio

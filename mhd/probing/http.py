@@ -23,7 +23,7 @@ from mhd.probing.errors import CheckFailed
 from mhd.probing.sockets import connect
 
 MAX_BODY = 64 * 1024  # bytes of an HTTP body searched by body_regex
-MAX_HEADER = 16 * 1024  # bytes of HTTP status line + headers accepted
+MAX_HEADER = 16 * 1024  # bytes of HTTP status line + headers accepted (also the reader's buffer limit)
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,7 +58,9 @@ async def check_http(spec: CheckSpec, address: str, port: int, service: str) -> 
         # With verification on, the certificate is checked against this name (or IP).
         server_hostname = spec.sni or spec.host or address
     try:
-        reader, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=server_hostname)
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=tls, server_hostname=server_hostname, limit=MAX_HEADER
+        )
     except BaseException:
         sock.close()
         raise
@@ -70,15 +72,7 @@ async def check_http(spec: CheckSpec, address: str, port: int, service: str) -> 
 
 
 async def _read_response(reader: asyncio.StreamReader, spec: CheckSpec) -> str:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as e:
-        raise CheckFailed("HTTP header too large") from e
-    except asyncio.IncompleteReadError as e:
-        if not e.partial:
-            raise CheckFailed("connection closed without an HTTP answer") from e
-        raise CheckFailed("connection closed inside the HTTP header") from e
-    status, headers = _parse_head(head)
+    status, headers = await _read_head(reader)
     if not any(lo <= status <= hi for lo, hi in spec.expect_status):
         raise CheckFailed(f"HTTP {status}")
     if spec.body_regex is None or spec.method == "HEAD":
@@ -89,20 +83,38 @@ async def _read_response(reader: asyncio.StreamReader, spec: CheckSpec) -> str:
     return f"HTTP {status}, body matches"
 
 
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """The status and the headers, line by line: a line may end in a bare LF (RFC 9112 lets a
+    client accept it), a status line that is not HTTP fails at once, and the whole head is
+    bounded by `MAX_HEADER` (the reader's limit bounds each line to the same)."""
+    line = await _line(reader, "connection closed without an HTTP answer")
+    parts = line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise CheckFailed(f"not an HTTP answer: {lines[0][:60]!r}")
+        raise CheckFailed(f"not an HTTP answer: {line[:60]!r}")
+    size = len(line)
     headers = {}
-    for line in lines[1:]:
+    while line := await _line(reader, "connection closed inside the HTTP header"):
+        size += len(line)
+        if size > MAX_HEADER:
+            raise CheckFailed("HTTP header too large")
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
     return int(parts[1]), headers
 
 
+async def _line(reader: asyncio.StreamReader, closed: str) -> str:
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError as e:
+        raise CheckFailed("HTTP header too large") from e
+    except asyncio.IncompleteReadError as e:
+        raise CheckFailed(closed) from e
+    return line.rstrip(b"\r\n").decode("latin-1")
+
+
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    """At most `MAX_BODY` bytes of the body: the rest is never read (the connection is reset)."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
         return await _read_chunked(reader)
     length = headers.get("content-length")
@@ -118,12 +130,25 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """Chunks until the last one or `MAX_BODY` bytes, whichever comes first: a chunk's declared
+    size never decides how much is read."""
     body = bytearray()
     while len(body) < MAX_BODY:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        size = _chunk_size(await _line(reader, "connection closed inside the HTTP body"))
         if size == 0:
             break
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
-    return bytes(body[:MAX_BODY])
+        take = min(size, MAX_BODY - len(body))
+        body += await reader.readexactly(take)
+        if take == size:
+            await _line(reader, "connection closed inside the HTTP body")  # the chunk's line end
+    return bytes(body)
+
+
+def _chunk_size(line: str) -> int:
+    digits = line.split(";", 1)[0].strip() or "0"
+    if _HEX.fullmatch(digits) is None:
+        raise CheckFailed(f"bad HTTP chunk size: {digits[:20].encode('latin-1')!r}")
+    return int(digits, 16)
+
+
+_HEX = re.compile("[0-9A-Fa-f]+")
