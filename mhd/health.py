@@ -29,7 +29,9 @@ State = Literal["unknown", "up", "down"]
 
 class CheckResult(NamedTuple):
     """Outcome of one probe. ``latency`` in seconds, ``at`` wall-clock start time; ``timed_out``
-    when the probe's own deadline ended it (the prober then asks whether its loop was stalled).
+    when the probe's own deadline ended it (the prober then asks whether its loop was stalled);
+    ``local`` when it could not run for a fault of the director's own (out of file descriptors,
+    memory or buffers, a source address that vanished), which says nothing about the server.
     A NamedTuple, as `Health`: one is built per probe, and a frozen dataclass costs 3x more."""
 
     ok: bool
@@ -37,6 +39,7 @@ class CheckResult(NamedTuple):
     detail: str
     at: float
     timed_out: bool = False
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ STALL_FRACTION = 0.25  # of a probe's timeout: a longer stall of the checker's l
 
 
 def inconclusive(result: CheckResult, stalled: float, timeout: float) -> bool:
-    """Whether a failed probe says nothing about the server, because the checker stalled.
+    """Whether a failed probe says nothing about the server: the director's own fault
+    (``result.local``), or a timeout while the checker stalled.
 
     ``stalled`` is the longest stretch (seconds) during the probe in which the checker's own
     event loop ran nothing: blocked by a slow callback, or the process not scheduled. A probe
@@ -108,4 +112,6 @@ def inconclusive(result: CheckResult, stalled: float, timeout: float) -> bool:
     neither count as a failure nor break a success streak. Any other failure (refused, reset, a
     status code, an exit code) is the server's answer, stall or not; so is every success.
     """
-    return not result.ok and result.timed_out and stalled > STALL_FRACTION * timeout
+    if result.ok:
+        return False
+    return result.local or (result.timed_out and stalled > STALL_FRACTION * timeout)

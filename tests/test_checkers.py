@@ -114,8 +114,9 @@ async def test_tcp_source_address() -> None:
     async with tcp_server(http_handler(b""), host="0.0.0.0") as port:
         good = await probe(CheckSpec(type="tcp", source_address="127.0.0.3"), LO, port)
         bad = await probe(CheckSpec(type="tcp", source_address="192.0.2.1"), LO, port)
-    assert (good.ok, good.detail) == (True, "connected")
-    assert (bad.ok, bad.detail) == (False, "cannot assign requested address")
+    assert (good.ok, good.detail, good.local) == (True, "connected", False)
+    # A source address the director does not have (or lost) is its own fault, not the server's.
+    assert (bad.ok, bad.detail, bad.local) == (False, "cannot assign requested address", True)
 
 
 # --- http -------------------------------------------------------------------------------------
@@ -297,6 +298,9 @@ async def test_source_address() -> None:
         r = await probe(CheckSpec(type="http", source_address="127.0.0.2"), LO, port)
     assert r.ok, r.detail
     assert seen[1] == b"127.0.0.2"
+    for kind in ("http", "udp", "dns"):
+        lost = await probe(CheckSpec(type=kind, source_address="192.0.2.1"), LO, port)  # type: ignore[arg-type]
+        assert (lost.ok, lost.detail, lost.local) == (False, "cannot assign requested address", True)
 
 
 # --- https ------------------------------------------------------------------------------------

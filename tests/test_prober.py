@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -324,3 +330,87 @@ async def test_a_no_check_server_that_starts_down_is_probed_when_added_by_a_relo
     await prober.stop()
     assert prober.health(up).state == prober.health(shared).state == "up"
     assert {key[2] for key, _, _, _ in rec.probes} == {81}  # the all-up check was never probed
+
+
+# --- the director's own faults ----------------------------------------------------------------
+
+LOW_FD_PROBER = r"""
+import asyncio, json, logging, os, resource, sys
+from mhd.config.checkspec import CheckSpec
+from mhd.probing.prober import Prober, Target
+
+tcp_port, http_port = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+warnings = []
+logging.getLogger("mhd.prober").addHandler(logging.Handler())
+logging.getLogger("mhd.prober").handlers[0].emit = warnings.append
+spec = dict(interval=0.5, timeout=0.4, rise=1, fall=1)
+targets = [Target(f"t{i}", f"127.0.{i // 200}.{i % 200 + 1}", tcp_port, CheckSpec(type="tcp", **spec))
+           for i in range(800)]
+targets += [Target(f"h{i}", f"127.1.{i // 200}.{i % 200 + 1}", http_port, CheckSpec(type="http", **spec))
+            for i in range(200)]
+
+async def main():
+    downs = []
+    prober = Prober(lambda target, transition, health: downs.append(target.server))
+    prober.set_targets(targets, in_kernel=lambda target: True)
+    fds = len(os.listdir("/proc/self/fd"))
+    # The rest of the director holds all but a few descriptors: probes in flight run out.
+    ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(256 - 12 - fds)]
+    await prober.start()
+    await asyncio.sleep(3.0)
+    await prober.stop()
+    for fd in ballast:
+        os.close(fd)
+    counters = [prober.counters(t) for t in targets]
+    print(json.dumps({
+        "downs": downs,
+        "probes": sum(c.probes for c in counters),
+        "failures": sum(c.failures for c in counters),
+        "inconclusive": sum(c.inconclusive for c in counters),
+        "fds_before": fds,
+        "fds_after": len(os.listdir("/proc/self/fd")),
+        "warnings": len(warnings),
+    }))
+
+asyncio.run(main())
+"""
+
+
+def _serve(listener: socket.socket, answer: bytes | None) -> None:
+    """Accept (and answer) until the listener is closed."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn, contextlib.suppress(OSError):
+            if answer is not None:
+                conn.recv(4096)
+                conn.sendall(answer)
+
+
+def test_a_director_out_of_file_descriptors_takes_no_server_down() -> None:
+    """1,000 healthy loopback servers, a prober with RLIMIT_NOFILE 256 of which all but a few
+    are taken: probes fail with EMFILE, and none of that counts against a server."""
+    listeners = []
+    for answer in (None, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"):
+        listener = socket.create_server(("0.0.0.0", 0), backlog=4096)
+        threading.Thread(target=_serve, args=(listener, answer), daemon=True).start()
+        listeners.append(listener)
+    ports = [str(listener.getsockname()[1]) for listener in listeners]
+    try:
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        out = subprocess.run(
+            [sys.executable, "-c", LOW_FD_PROBER, *ports], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["inconclusive"] > 0, report  # the shortage was real...
+    assert (report["downs"], report["failures"]) == ([], 0), report  # ...and blamed on no server
+    assert report["probes"] > 2000, report
+    assert report["fds_after"] <= report["fds_before"], report
+    assert report["warnings"] == 1, report  # rate-limited: one a minute

@@ -14,6 +14,21 @@ class CheckFailed(Exception):
     """A probe found the server unhealthy; the message is the result's detail."""
 
 
+# What a probe's own system calls fail with when the director, not the server, is short of
+# something: file descriptors, memory, socket buffers, processes, ephemeral ports, or a source
+# address that vanished (EADDRNOTAVAIL). Never an answer of the server's.
+LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL, errno.EAGAIN}
+)
+
+
+def is_local(e: BaseException) -> bool:
+    """Whether a probe's exception is the director's own fault (see `LOCAL_ERRNOS`)."""
+    if isinstance(e, MemoryError):
+        return True
+    return isinstance(e, OSError) and not isinstance(e, ssl.SSLError) and e.errno in LOCAL_ERRNOS
+
+
 def timeout_detail(timeout: float) -> str:
     return f"timeout after {timeout:g}s"
 

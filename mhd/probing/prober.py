@@ -21,6 +21,12 @@ Starvation guard: a probe that timed out while this process's loop stood still f
 quarter of the timeout (`mhd.health.inconclusive`, measured by `Timers.stalled`) says nothing
 about the server. It is not counted; the check is re-run at once (once per slot, when that can
 finish before the next slot), and a warning says the loop was stalled.
+
+The director's own faults: a probe that could not run because this host is short of file
+descriptors, memory or socket buffers, or lost its source address (`CheckResult.local`, see
+`mhd.probing.errors.LOCAL_ERRNOS`) is not counted either; it is retried at the next slot. Both
+kinds are counted as inconclusive (`Counters.inconclusive`, the ``mhd_check_inconclusive``
+metric) and warned about at most once a minute each.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ class Counters:
 
     probes: int = 0
     failures: int = 0
-    inconclusive: int = 0  # timeouts not counted: the loop was stalled during the probe
+    inconclusive: int = 0  # not counted: the loop stalled during the probe, or a local fault
     last_lag: float = 0.0  # seconds between the due time and the start of the last probe
     last_duration: float = 0.0
 
@@ -118,7 +124,7 @@ def next_due(due: float, now: float, interval: float) -> float:
     return due
 
 
-STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop
+STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop (or about local faults)
 
 
 class Prober:
@@ -138,8 +144,8 @@ class Prober:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: Timers | None = None
         self._probes: Probes | None = None
-        self._stall_warned = -math.inf
-        self._stall_unwarned = 0
+        self._warned: dict[str, float] = {}  # loop time of the last warning, per cause
+        self._unwarned: dict[str, int] = {}  # inconclusive probes since then, per cause
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -263,6 +269,9 @@ class Prober:
         assert self._loop is not None
         check.probe = None
         spec = check.key[0]
+        if result.local:
+            self._inconclusive(check, result)
+            return
         if result.timed_out:
             assert self._timers is not None
             stalled = self._timers.stalled(ended - result.latency, ended)
@@ -272,36 +281,48 @@ class Prober:
         self._deliver(check, result)
         self._schedule(check, next_due(check.slot, self._loop.time(), spec.interval))
 
-    def _inconclusive(self, check: _Check, result: CheckResult, stalled: float) -> None:
-        """A timeout while the loop stood still is not the server's fault: count nothing, and
-        re-check now if that can finish before the next slot, else wait for the next slot."""
+    def _inconclusive(self, check: _Check, result: CheckResult, stalled: float = 0.0) -> None:
+        """A timeout while the loop stood still, or a fault of the director's own, is not the
+        server's: count nothing, and re-check now if that can finish before the next slot, else
+        wait for the next slot. A local fault (out of fds, memory) waits for the next slot: at
+        once, it would most likely meet the same shortage."""
         assert self._loop is not None and self._probes is not None
         self._deliver(check, result, count=False)
-        self._warn_stall(check, stalled, result)
+        self._warn(check, result, stalled)
         spec, address, port, service = check.key
         now = self._loop.time()
         slot = next_due(check.slot, now, spec.interval)
-        if not check.rechecked and now + spec.timeout < slot:
+        if not check.rechecked and not result.local and now + spec.timeout < slot:
             check.rechecked = True
             check.due, check.lag = now, 0.0
             check.probe = self._probes.start(spec, address, port, service, self._done, check)
         else:
             self._schedule(check, slot)
 
-    def _warn_stall(self, check: _Check, stalled: float, result: CheckResult) -> None:
+    def _warn(self, check: _Check, result: CheckResult, stalled: float) -> None:
+        """At most one warning per `STALL_WARN_EVERY` for each of the two causes."""
         assert self._loop is not None
         now = self._loop.time()
-        if now - self._stall_warned < STALL_WARN_EVERY:
-            self._stall_unwarned += 1
+        kind = "local" if result.local else "stall"
+        if now - self._warned.get(kind, -math.inf) < STALL_WARN_EVERY:
+            self._unwarned[kind] = self._unwarned.get(kind, 0) + 1
             return
         spec, address, port, _ = check.key
-        since = f"; {self._stall_unwarned} more since the last warning" if self._stall_unwarned else ""
-        stall_log.warning(
-            "event loop stalled for %.0f ms during a %s probe of %s port %d (%s): not counted "
-            "as a failure%s",
-            stalled * 1000, spec.type, address, port, result.detail, since,
-        )  # fmt: skip
-        self._stall_warned, self._stall_unwarned = now, 0
+        unwarned = self._unwarned.pop(kind, 0)
+        since = f"; {unwarned} more since the last warning" if unwarned else ""
+        if result.local:
+            stall_log.warning(
+                "a %s probe of %s port %d could not run (%s): the director's own fault, not "
+                "counted against the server, retried at the next interval%s",
+                spec.type, address, port, result.detail, since,
+            )  # fmt: skip
+        else:
+            stall_log.warning(
+                "event loop stalled for %.0f ms during a %s probe of %s port %d (%s): not counted "
+                "as a failure%s",
+                stalled * 1000, spec.type, address, port, result.detail, since,
+            )  # fmt: skip
+        self._warned[kind] = now
 
     def _deliver(self, check: _Check, result: CheckResult, *, count: bool = True) -> None:
         if self._on_probe is not None:

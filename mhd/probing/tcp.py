@@ -21,7 +21,7 @@ from typing import Any
 from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult
 from mhd.probing.checkers import timed
-from mhd.probing.errors import describe_error, errno_detail, timeout_detail
+from mhd.probing.errors import LOCAL_ERRNOS, describe_error, errno_detail, is_local, timeout_detail
 from mhd.probing.sockets import LINGER_RST
 from mhd.probing.timers import Token, timers
 
@@ -140,7 +140,8 @@ class Probes:
         try:
             result, ended = task.result()
         except BaseException as e:  # run() never raises but for cancellation: be safe anyway
-            result, ended = CheckResult(False, 0.0, describe_error(e), time.time()), self._loop.time()
+            result = CheckResult(False, 0.0, describe_error(e), time.time(), local=is_local(e))
+            ended = self._loop.time()
         how[0](how[1], result, ended)
 
     # --- tcp ------------------------------------------------------------------------------------
@@ -153,19 +154,19 @@ class Probes:
         try:
             sock = _CSocket(socket.AF_INET6 if ":" in address else socket.AF_INET, _STREAM_NB)
         except OSError as e:
-            return self._at_once(record, False, describe_error(e))
+            return self._at_once(record, False, describe_error(e), is_local(e))
         try:
             if source is not None:
                 sock.bind((source, 0))
             err = sock.connect_ex((address, port))
         except OSError as e:
             sock.close()
-            return self._at_once(record, False, describe_error(e))
+            return self._at_once(record, False, describe_error(e), is_local(e))
         if err != errno.EINPROGRESS:  # refused or unreachable at once, or (rarely) connected
             if not err:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             sock.close()
-            return self._at_once(record, not err, errno_detail(err) if err else "connected")
+            return self._at_once(record, not err, errno_detail(err) if err else "connected", err in LOCAL_ERRNOS)
         epoll = self._epoll
         if epoll is None:
             epoll = self._epoll = select.epoll()
@@ -175,7 +176,7 @@ class Probes:
             epoll.register(fd, select.EPOLLOUT)
         except OSError as e:
             sock.close()
-            return self._at_once(record, False, describe_error(e))
+            return self._at_once(record, False, describe_error(e), is_local(e))
         record[0] = sock
         self._connects[fd] = record
         q = self._deadlines.get(timeout)
@@ -186,17 +187,17 @@ class Probes:
             q.sweep = self._timers.call_at(start + timeout, self._sweep, q)
         return record
 
-    def _at_once(self, record: list[Any], ok: bool, detail: str) -> list[Any]:
+    def _at_once(self, record: list[Any], ok: bool, detail: str, local: bool) -> list[Any]:
         """A connect decided inside connect_ex: report it from the loop, not from start()."""
         record[0] = _IMMEDIATE
-        self._loop.call_soon(self._report, record, ok, detail)
+        self._loop.call_soon(self._report, record, ok, detail, local)
         return record
 
-    def _report(self, record: list[Any], ok: bool, detail: str) -> None:
+    def _report(self, record: list[Any], ok: bool, detail: str, local: bool) -> None:
         if record[0] is _IMMEDIATE:  # else cancelled meanwhile
             record[0] = None
             now = self._loop.time()
-            record[1](record[2], CheckResult(ok, now - record[3], detail, time.time()), now)
+            record[1](record[2], CheckResult(ok, now - record[3], detail, time.time(), local=local), now)
 
     def _drain(self) -> int:
         """Every connect the epoll reports as finished (connected, refused, reset, unreachable),
@@ -227,7 +228,7 @@ class Probes:
                 err = e.errno or errno.EIO
             sock.close()
             if err:
-                result = CheckResult(False, latency, errno_detail(err), wall - latency)
+                result = CheckResult(False, latency, errno_detail(err), wall - latency, local=err in LOCAL_ERRNOS)
             else:
                 result = CheckResult(True, latency, "connected", wall - latency)
             try:
