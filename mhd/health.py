@@ -92,6 +92,22 @@ def observe(h: Health, result: CheckResult, spec: CheckSpec) -> tuple[Health, Tr
     return Health(new, successes, failures, h.transitions + 1, result), transition
 
 
+def probe_interval(h: Health, spec: CheckSpec) -> float:
+    """Seconds until the next probe of a server in state ``h``.
+
+    ``spec.fast_interval`` while a streak runs against the state (a failure of a server that is
+    not down, a success of one that is not up), so that rise/fall decide sooner; then
+    ``spec.down_interval`` while the server is down and not recovering; else ``spec.interval``.
+    With neither set (the default) always ``spec.interval``.
+    """
+    against = (h.failures and h.state != "down") or (h.successes and h.state != "up")
+    if spec.fast_interval is not None and against:
+        return spec.fast_interval
+    if spec.down_interval is not None and h.state == "down" and not h.successes:
+        return spec.down_interval
+    return spec.interval
+
+
 def _reason(result: CheckResult, streak: int) -> str:
     kind = "success" if result.ok else "failure"
     plural = "" if streak == 1 else ("es" if result.ok else "s")

@@ -108,10 +108,10 @@ async def resetter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 @contextlib.asynccontextmanager
 async def tcp_server(
-    handler: Handler | None = None, host: str = LO, tls: ssl.SSLContext | None = None
+    handler: Handler | None = None, host: str = LO, tls: ssl.SSLContext | None = None, port: int = 0
 ) -> AsyncIterator[int]:
-    """A listening server on an ephemeral port (yielded); by default it answers HTTP 200."""
-    server = await asyncio.start_server(handler or http_handler(http_answer(200, b"")), host, 0, ssl=tls)
+    """A listening server on ``port`` or an ephemeral one (yielded); by default it answers HTTP 200."""
+    server = await asyncio.start_server(handler or http_handler(http_answer(200, b"")), host, port, ssl=tls)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

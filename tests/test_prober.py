@@ -414,3 +414,27 @@ def test_a_director_out_of_file_descriptors_takes_no_server_down() -> None:
     assert report["probes"] > 2000, report
     assert report["fds_after"] <= report["fds_before"], report
     assert report["warnings"] == 1, report  # rate-limited: one a minute
+
+
+@aio
+async def test_a_failing_server_is_probed_fast_until_down_then_slowly() -> None:
+    """Due times (the schedule, not measured durations): one failure switches to the fast
+    interval, fall decides, then the down interval applies; recovery probes fast again."""
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(type="tcp", interval=0.4, timeout=0.05, rise=2, fall=3, fast_interval=0.1, down_interval=0.6)
+    port = closed_port()
+    prober.set_targets([Target("s", LO, port, spec)], in_kernel=lambda target: True)
+    await prober.start()
+    await until(lambda: len(rec.probes) >= 5, 5.0)
+    async with tcp_server(host=LO, port=port):  # the server comes back
+        await until(lambda: len(rec.transitions) >= 2, 5.0)
+    await prober.stop()
+    dues = [due for _, due, _, _ in rec.probes]
+    oks = [result.ok for _, _, _, result in rec.probes]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(dues)]
+    first_ok = oks.index(True)
+    assert oks[:3] == [False] * 3 and all(not ok for ok in oks[:first_ok])
+    assert gaps[:3] == [0.1, 0.1, 0.6]  # failing: fast; down after 3: slow
+    assert gaps[first_ok] == 0.1  # one success of a down server: fast until rise decides
+    assert [(t.old, t.new) for _, t in rec.transitions] == [("up", "down"), ("down", "up")]

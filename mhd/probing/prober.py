@@ -9,7 +9,9 @@ Scheduling: each check fires at ``phase + k * interval`` on the loop clock, wher
 from a hash of the check, so that 1,000 servers configured at once do not fire at once, and the
 same server keeps the same phase across restarts of the loop. Due times advance by exactly one
 interval (no drift from probe duration); a probe can never overrun because ``timeout < interval``,
-and if the loop was starved the missed slots are skipped rather than fired in a burst.
+and if the loop was starved the missed slots are skipped rather than fired in a burst. The
+interval is the spec's, or its ``fast_interval`` while a server's streak runs against its state
+and its ``down_interval`` while it is down (`mhd.health.probe_interval`; both off by default).
 
 No task per check: due times are entries on the shared `mhd.probing.timers.Timers` (one loop timer over
 a heap of tuples, waking at most once per `TICK`, 1 ms), whose callback starts the probe through
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import CheckResult, Health, Transition, inconclusive, initial, observe
+from mhd.health import CheckResult, Health, Transition, inconclusive, initial, observe, probe_interval
 from mhd.probing.tcp import Probes
 from mhd.probing.timers import Timers, Token, timers
 
@@ -122,6 +124,14 @@ def next_due(due: float, now: float, interval: float) -> float:
     if due < now:
         due += math.ceil((now - due) / interval) * interval
     return due
+
+
+def _interval(check: _Check) -> float:
+    """The shortest interval that a server of the check asks for (`mhd.health.probe_interval`)."""
+    spec = check.key[0]
+    if spec.fast_interval is None and spec.down_interval is None:
+        return spec.interval
+    return min((probe_interval(slot.health, spec) for slot in check.slots.values()), default=spec.interval)
 
 
 STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop (or about local faults)
@@ -279,7 +289,7 @@ class Prober:
                 self._inconclusive(check, result, stalled)
                 return
         self._deliver(check, result)
-        self._schedule(check, next_due(check.slot, self._loop.time(), spec.interval))
+        self._schedule(check, next_due(check.slot, self._loop.time(), _interval(check)))
 
     def _inconclusive(self, check: _Check, result: CheckResult, stalled: float = 0.0) -> None:
         """A timeout while the loop stood still, or a fault of the director's own, is not the
@@ -291,7 +301,7 @@ class Prober:
         self._warn(check, result, stalled)
         spec, address, port, service = check.key
         now = self._loop.time()
-        slot = next_due(check.slot, now, spec.interval)
+        slot = next_due(check.slot, now, _interval(check))
         if not check.rechecked and not result.local and now + spec.timeout < slot:
             check.rechecked = True
             check.due, check.lag = now, 0.0
