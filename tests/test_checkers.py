@@ -562,6 +562,15 @@ async def test_exec_that_keeps_writing_ends_at_once_and_leaks_nothing(writer: st
 
 
 @aio
+async def test_exec_ends_when_the_command_exits_whatever_it_left_writing() -> None:
+    """A background writer in the command's group holds the pipe open: the command's exit decides."""
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", "yes > /dev/stdout & echo done; exit 0"), timeout=2.0)
+    async with asyncio.timeout(10):
+        r = await probe(spec, LO, 80)
+    assert r.ok and r.detail.startswith("exit 0"), r.detail
+
+
+@aio
 async def test_exec_that_writes_slowly_is_killed_at_the_timeout() -> None:
     spec = CheckSpec(type="exec", command=("/bin/sh", "-c", "while :; do echo x; sleep 0.01; done"), timeout=0.3)
     async with asyncio.timeout(10):

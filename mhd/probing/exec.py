@@ -126,6 +126,7 @@ class _Command:
 
     def _exited(self) -> None:
         self._loop.remove_reader(self._pidfd)
+        self._kill_group()  # first: what it left running must not keep writing into the drain
         for _ in range(MAX_OUTPUT // 65536 + 1):  # what it wrote before exiting is in the pipe
             size = self.size
             self._read()
