@@ -167,12 +167,9 @@ class Probes:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             sock.close()
             return self._at_once(record, not err, errno_detail(err) if err else "connected", err in LOCAL_ERRNOS)
-        epoll = self._epoll
-        if epoll is None:
-            epoll = self._epoll = select.epoll()
-            self._loop.add_reader(epoll.fileno(), self._drain)
         fd = sock.fileno()
         try:
+            epoll = self._epoll or self._open_epoll()
             epoll.register(fd, select.EPOLLOUT)
         except OSError as e:
             sock.close()
@@ -186,6 +183,11 @@ class Probes:
         if q.sweep is None:
             q.sweep = self._timers.call_at(start + timeout, self._sweep, q)
         return record
+
+    def _open_epoll(self) -> select.epoll:
+        epoll = self._epoll = select.epoll()
+        self._loop.add_reader(epoll.fileno(), self._drain)
+        return epoll
 
     def _at_once(self, record: list[Any], ok: bool, detail: str, local: bool) -> list[Any]:
         """A connect decided inside connect_ex: report it from the loop, not from start()."""
