@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -24,6 +25,7 @@ from servers import LO, aio, closed_port, pid_gone, tarpit, tcp_server, until
 from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult, Health, Transition
 from mhd.probing.prober import CheckKey, Prober, Target, check_key, first_due, next_due, phase
+from mhd.probing.tcp import Probes
 
 FAST = CheckSpec(type="tcp", interval=0.05, timeout=0.04, rise=1, fall=1)
 
@@ -447,3 +449,28 @@ async def test_a_failing_server_is_probed_fast_until_down_then_slowly() -> None:
     assert gaps[:3] == [0.1, 0.1, 0.6]  # failing: fast; down after 3: slow
     assert gaps[first_ok] == 0.1  # one success of a down server: fast until rise decides
     assert [(t.old, t.new) for _, t in rec.transitions] == [("up", "down"), ("down", "up")]
+
+
+@aio
+async def test_a_probe_that_cannot_even_start_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the engine's start raises once (it reports its own errors as results, so
+    this stands for a bug); the check must not stop for ever."""
+    calls = 0
+    real_start = Probes.start
+
+    def start_failing_once(self: Probes, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected")
+        return real_start(self, *args)
+
+    monkeypatch.setattr(Probes, "start", start_failing_once)
+    rec = Recorder()
+    prober = rec.prober()
+    async with tcp_server() as port:
+        prober.set_targets([Target("s", LO, port, FAST)])
+        await prober.start()
+        await until(lambda: len(rec.probes) >= 2)
+        await prober.stop()
+    assert calls >= 3 and all(result.ok for _, _, _, result in rec.probes)

@@ -272,8 +272,19 @@ class Prober:
         check.alarm = None
         check.due = due = check.slot
         check.lag = self._loop.time() - due
+        self._start(check)
+
+    def _start(self, check: _Check) -> None:
+        """Start the check's probe. The engine reports its errors as results; should starting
+        fail all the same, the check is not lost but tried again at the next slot."""
+        assert self._loop is not None and self._probes is not None
         spec, address, port, service = check.key
-        check.probe = self._probes.start(spec, address, port, service, self._done, check)
+        try:
+            check.probe = self._probes.start(spec, address, port, service, self._done, check)
+        except Exception:
+            log.exception("could not start a %s probe of %s port %d: tried again at the next slot", spec.type, address, port)
+            check.probe = None
+            self._schedule(check, next_due(check.slot, self._loop.time(), _interval(check)))
 
     def _done(self, check: _Check, result: CheckResult, ended: float) -> None:
         assert self._loop is not None
@@ -299,13 +310,13 @@ class Prober:
         assert self._loop is not None and self._probes is not None
         self._deliver(check, result, count=False)
         self._warn(check, result, stalled)
-        spec, address, port, service = check.key
+        spec = check.key[0]
         now = self._loop.time()
         slot = next_due(check.slot, now, _interval(check))
         if not check.rechecked and not result.local and now + spec.timeout < slot:
             check.rechecked = True
             check.due, check.lag = now, 0.0
-            check.probe = self._probes.start(spec, address, port, service, self._done, check)
+            self._start(check)
         else:
             self._schedule(check, slot)
 
