@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,8 @@ KILL_GRACE = 1.0  # seconds to wait for a killed command's death before a later 
 SWEEP_DELAYS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # between two sweep rounds
 _PR_SET_CHILD_SUBREAPER = 36
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python; a command expects defaults
+
+log = logging.getLogger("mhd.health")
 
 _running: set[int] = set()  # pids (= session ids) of the commands not yet reaped
 _subreaper = False
@@ -206,13 +209,18 @@ def _spawn(argv: tuple[str, ...], env: dict[str, str]) -> tuple[int, int]:
 
 
 def _become_subreaper() -> None:
-    """Orphans of a command's tree become this process's children (see the module docstring)."""
+    """Orphans of a command's tree become this process's children (see the module docstring).
+    Where that is refused (a seccomp filter), checks still run, without that guarantee."""
     global _subreaper
     if not _subreaper:
+        _subreaper = True
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-        _subreaper = True
+            log.warning(
+                "prctl(PR_SET_CHILD_SUBREAPER) failed (%s): a process that an exec check's command "
+                "moves out of its process group may outlive the check",
+                os.strerror(ctypes.get_errno()),
+            )
 
 
 async def sweep() -> None:
