@@ -22,6 +22,7 @@ from servers import (
     http_answer,
     http_handler,
     pid_gone,
+    probe,
     resetter,
     tarpit,
     tcp_server,
@@ -33,7 +34,7 @@ from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult
 from mhd.probing.dns import build_query, parse_header
 from mhd.probing.exec import EXEC_PATH
-from mhd.probing.tcp import Probes, probe
+from mhd.probing.tcp import Probes
 from mhd.probing.timers import timers
 
 # --- tcp --------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 """The probe engine: probes in flight, each reported to a callback, and the TCP fast path.
 
-`probe(spec, address, port)` is the awaitable form of one probe, never raising but for
-cancellation. Plain TCP checks are a state machine over an epoll of the engine's own; every other
-check type runs `mhd.probing.checkers.run` in a task of its own.
+Plain TCP checks are a state machine over an epoll of the engine's own; every other check type
+runs `mhd.probing.checkers.run` in a task of its own.
 """
 
 from __future__ import annotations
@@ -28,23 +27,6 @@ from mhd.probing.timers import Token, timers
 log = logging.getLogger("mhd.health")
 
 Done = Callable[[Any, CheckResult, float], None]  # (arg, result, loop time at the end)
-
-
-async def probe(spec: CheckSpec, address: str, port: int, *, service: str = "") -> CheckResult:
-    """Run the check of ``spec`` against ``address`` (probe port resolved here)."""
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[CheckResult] = loop.create_future()
-    probes = Probes(loop)
-    try:
-        probes.start(spec, address, spec.probe_port(port), service, _resolve, answer)
-        return await answer
-    finally:
-        await probes.aclose()
-
-
-def _resolve(answer: asyncio.Future[CheckResult], result: CheckResult, ended: float) -> None:
-    if not answer.done():
-        answer.set_result(result)
 
 
 _STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
