@@ -474,3 +474,28 @@ async def test_a_probe_that_cannot_even_start_is_tried_again(monkeypatch: pytest
         await until(lambda: len(rec.probes) >= 2)
         await prober.stop()
     assert calls >= 3 and all(result.ok for _, _, _, result in rec.probes)
+
+
+@aio
+async def test_targets_added_by_a_reload_are_spread_over_the_interval() -> None:
+    """Issue 14: no thundering herd after a reload either; each new check's first probe falls at
+    its own hashed phase of the interval, not at the moment of the reload."""
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(type="none", interval=0.2, timeout=0.1, initial_state="down")
+    prober.set_targets([Target("old", LO, 80, spec)])
+    await prober.start()
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    reloaded = loop.time()
+    prober.set_targets(Target("s", f"127.1.{i // 200}.{i % 200 + 1}", 80, spec) for i in range(400))
+    took = loop.time() - reloaded  # each first due time is within one interval of its own _add
+    await asyncio.sleep(0.25)
+    await prober.stop()
+    firsts: dict[CheckKey, float] = {}
+    for key, due, _, _ in rec.probes:
+        firsts.setdefault(key, due)
+    offsets = [due - reloaded for key, due in firsts.items() if key[1] != LO]
+    assert len(offsets) == 400 and all(0 <= o < 0.2 + took for o in offsets)
+    per_tenth = Counter(int((due % 0.2) / 0.02) for key, due in firsts.items() if key[1] != LO)
+    assert len(per_tenth) == 10 and max(per_tenth.values()) < 2 * 400 / 10
