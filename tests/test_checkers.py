@@ -256,6 +256,14 @@ async def test_http_non_http_banner_fails_at_once() -> None:
 
 
 @aio
+async def test_http_endless_chunk_line_fails_at_once() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;" + b"x" * 20_000
+    async with tcp_server(hostile(answer)) as port:
+        r = await probe(CheckSpec(type="http", body_regex="x", timeout=3.0), LO, port)
+    assert (r.ok, r.detail) == (False, "HTTP chunk line too long")
+
+
+@aio
 async def test_http_bad_chunk_size_is_a_clear_failure() -> None:
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"
     async with tcp_server(hostile(answer)) as port:

@@ -103,11 +103,11 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
     return int(parts[1]), headers
 
 
-async def _line(reader: asyncio.StreamReader, closed: str) -> str:
+async def _line(reader: asyncio.StreamReader, closed: str, too_long: str = "HTTP header too large") -> str:
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError as e:
-        raise CheckFailed("HTTP header too large") from e
+        raise CheckFailed(too_long) from e
     except asyncio.IncompleteReadError as e:
         raise CheckFailed(closed) from e
     return line.rstrip(b"\r\n").decode("latin-1")
@@ -134,13 +134,13 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     size never decides how much is read."""
     body = bytearray()
     while len(body) < MAX_BODY:
-        size = _chunk_size(await _line(reader, "connection closed inside the HTTP body"))
+        size = _chunk_size(await _line(reader, _CLOSED_IN_BODY, _CHUNK_LINE_TOO_LONG))
         if size == 0:
             break
         take = min(size, MAX_BODY - len(body))
         body += await reader.readexactly(take)
         if take == size:
-            await _line(reader, "connection closed inside the HTTP body")  # the chunk's line end
+            await _line(reader, _CLOSED_IN_BODY, _CHUNK_LINE_TOO_LONG)  # the chunk's line end
     return bytes(body)
 
 
@@ -152,3 +152,5 @@ def _chunk_size(line: str) -> int:
 
 
 _HEX = re.compile("[0-9A-Fa-f]+")
+_CLOSED_IN_BODY = "connection closed inside the HTTP body"
+_CHUNK_LINE_TOO_LONG = "HTTP chunk line too long"
