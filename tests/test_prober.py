@@ -351,6 +351,8 @@ targets = [Target(f"t{i}", f"127.0.{i // 200}.{i % 200 + 1}", tcp_port, CheckSpe
            for i in range(800)]
 targets += [Target(f"h{i}", f"127.1.{i // 200}.{i % 200 + 1}", http_port, CheckSpec(type="http", **spec))
             for i in range(200)]
+targets += [Target(f"x{i}", f"127.2.0.{i + 1}", 80, CheckSpec(type="exec", command=("/bin/true",), **spec))
+            for i in range(20)]
 
 async def main():
     downs = []
@@ -401,9 +403,9 @@ def _serve(listener: socket.socket, answer: bytes | None) -> None:
 
 
 def test_a_director_out_of_file_descriptors_takes_no_server_down() -> None:
-    """1,000 healthy loopback servers, a prober with RLIMIT_NOFILE 256, all of them but one taken
-    for three intervals: probes fail with EMFILE, none of that counts against a server, and
-    every check runs again once descriptors are free."""
+    """1,020 healthy servers (TCP, HTTP, exec), a prober with RLIMIT_NOFILE 256 of which all
+    descriptors but one are taken for three intervals: probes fail with EMFILE, none of that
+    counts against a server, and every check runs again once descriptors are free."""
     listeners = []
     for answer in (None, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"):
         listener = socket.create_server(("0.0.0.0", 0), backlog=4096)
@@ -422,7 +424,7 @@ def test_a_director_out_of_file_descriptors_takes_no_server_down() -> None:
     report = json.loads(out.stdout)
     assert report["starved"] >= 800, report  # every TCP server met the shortage...
     assert (report["downs"], report["failures"]) == ([], 0), report  # ...and none was blamed for it
-    assert report["ok_at_end"] == 1000, report  # once it was over, every check ran again
+    assert report["ok_at_end"] == 1020, report  # once it was over, every check ran again
     assert report["fds_after"] <= report["fds_before"], report
     assert report["warnings"] == 1, report  # rate-limited: one a minute
 
