@@ -207,7 +207,9 @@ async def test_http_huge_chunk_is_read_only_up_to_the_body_limit() -> None:
     """A 10 GB chunk used to be buffered whole (the daemon grew by 700 MB within a 1 s timeout)."""
     sent: list[int] = [0]
     block = b"healthy " * 8192  # 64 KiB
-    handler = hostile(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2540BE400\r\n", block, 4096, sent)
+    handler = hostile(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2540BE400\r\n", block, 4096, sent
+    )
     async with tcp_server(handler) as port:
         r = await probe(CheckSpec(type="http", body_regex="healthy", timeout=3.0), LO, port)
     assert (r.ok, r.detail) == (True, "HTTP 200, body matches")
@@ -573,7 +575,9 @@ async def test_exec_that_keeps_writing_ends_at_once_and_leaks_nothing(writer: st
 @aio
 async def test_exec_ends_when_the_command_exits_whatever_it_left_writing() -> None:
     """A background writer in the command's group holds the pipe open: the command's exit decides."""
-    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", "yes > /dev/stdout & echo done; exit 0"), timeout=2.0)
+    spec = CheckSpec(
+        type="exec", command=("/bin/sh", "-c", "yes > /dev/stdout & echo done; exit 0"), timeout=2.0
+    )
     async with asyncio.timeout(10):
         r = await probe(spec, LO, 80)
     assert r.ok and r.detail.startswith("exit 0"), r.detail
@@ -581,7 +585,9 @@ async def test_exec_ends_when_the_command_exits_whatever_it_left_writing() -> No
 
 @aio
 async def test_exec_that_writes_slowly_is_killed_at_the_timeout() -> None:
-    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", "while :; do echo x; sleep 0.01; done"), timeout=0.3)
+    spec = CheckSpec(
+        type="exec", command=("/bin/sh", "-c", "while :; do echo x; sleep 0.01; done"), timeout=0.3
+    )
     async with asyncio.timeout(10):
         r = await probe(spec, LO, 80)
     assert (r.ok, r.detail, r.timed_out) == (False, "timeout after 0.3s", True)

@@ -185,7 +185,9 @@ def test_only_a_timeout_across_a_long_stall_is_inconclusive(stalled: float, time
 
 
 @given(st.floats(0, 10), st.floats(0.001, 10), st.booleans())
-def test_a_fault_of_the_directors_own_is_always_inconclusive(stalled: float, timeout: float, timed_out: bool) -> None:
+def test_a_fault_of_the_directors_own_is_always_inconclusive(
+    stalled: float, timeout: float, timed_out: bool
+) -> None:
     local = CheckResult(False, 0.0, "too many open files", 0.0, timed_out, local=True)
     assert inconclusive(local, stalled, timeout)
 

@@ -435,7 +435,9 @@ async def test_a_failing_server_is_probed_fast_until_down_then_slowly() -> None:
     interval, fall decides, then the down interval applies; recovery probes fast again."""
     rec = Recorder()
     prober = rec.prober()
-    spec = CheckSpec(type="tcp", interval=0.4, timeout=0.05, rise=2, fall=3, fast_interval=0.1, down_interval=0.6)
+    spec = CheckSpec(
+        type="tcp", interval=0.4, timeout=0.05, rise=2, fall=3, fast_interval=0.1, down_interval=0.6
+    )
     port = closed_port()
     prober.set_targets([Target("s", LO, port, spec)], in_kernel=lambda target: True)
     await prober.start()

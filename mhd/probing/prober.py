@@ -282,7 +282,12 @@ class Prober:
         try:
             check.probe = self._probes.start(spec, address, port, service, self._done, check)
         except Exception:
-            log.exception("could not start a %s probe of %s port %d: tried again at the next slot", spec.type, address, port)
+            log.exception(
+                "could not start a %s probe of %s port %d: tried again at the next slot",
+                spec.type,
+                address,
+                port,
+            )
             check.probe = None
             self._schedule(check, next_due(check.slot, self._loop.time(), _interval(check)))
 

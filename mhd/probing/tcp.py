@@ -148,7 +148,9 @@ class Probes:
             if not err:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             sock.close()
-            return self._at_once(record, not err, errno_detail(err) if err else "connected", err in LOCAL_ERRNOS)
+            return self._at_once(
+                record, not err, errno_detail(err) if err else "connected", err in LOCAL_ERRNOS
+            )
         fd = sock.fileno()
         try:
             epoll = self._epoll or self._open_epoll()
@@ -212,7 +214,9 @@ class Probes:
                 err = e.errno or errno.EIO
             sock.close()
             if err:
-                result = CheckResult(False, latency, errno_detail(err), wall - latency, local=err in LOCAL_ERRNOS)
+                result = CheckResult(
+                    False, latency, errno_detail(err), wall - latency, local=err in LOCAL_ERRNOS
+                )
             else:
                 result = CheckResult(True, latency, "connected", wall - latency)
             try:
