@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult
+from mhd.probing.checkers import CheckResult as CheckResult  # re-exported: the API types probe hooks with it
 
 State = Literal["unknown", "up", "down"]
 

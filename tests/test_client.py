@@ -21,12 +21,13 @@ from mhd.api.server import start
 from mhd.config.validate import load
 from mhd.ctl import main as ctl
 from mhd.ctl.client import Colors, format_status, use_color
-from mhd.daemon import Daemon, ReloadResult
+from mhd.daemon import Daemon
 from mhd.health import Health
 from mhd.kernel import KernelInfo
 from mhd.model import Service
 from mhd.probing.checkers import CheckResult
 from mhd.reconcile import Outcome, desired_state
+from mhd.reports import ReloadResult
 from mhd.state import StateDir
 
 # A small copy of test_api's world: tests/ is not a package, so no cross-imports.

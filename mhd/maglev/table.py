@@ -56,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mhd.maglev.siphash import hsiphash, hsiphash_u32, hsiphash_u32_multi
+from mhd.model import MH_PRIMES
 
 # The compiled population loop (mhd/maglev/_fast.c, built by setup.py) is optional.
 _maglev_fast: ModuleType | None
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 #: Table sizes for CONFIG_IP_VS_MH_TAB_INDEX = 8 .. 17 (``primes[]`` in ip_vs_mh.c).
-TAB_PRIMES: Final = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
+TAB_PRIMES: Final = MH_PRIMES
 
 #: The kernel stores weights in an ``int``; ip_vs_ctl.c rejects negative ones.
 MAX_WEIGHT: Final = 2**31 - 1
