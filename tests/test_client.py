@@ -184,6 +184,9 @@ def test_over_tcp_with_and_without_the_token(tmp_path: Path, capsys: pytest.Capt
         assert code == 1 and "Authorization: Bearer" in err
         token = str(tmp_path / "token")
         assert mhctl(capsys, "disable", "web", "10.0.0.1", "--api", url, "--token-file", token)[0] == 0
+        two_lines = tmp_path / "token-and-comment"
+        two_lines.write_text("\nt0ken\nrotated on Monday\n")  # the first non-blank line, as the daemon reads it
+        assert mhctl(capsys, "enable", "web", "10.0.0.1", "--api", url, "--token-file", str(two_lines))[0] == 0
         code, _, err = mhctl(capsys, "status", "--api", "ftp://x")
         assert code == 2 and "--api must be" in err
 
