@@ -758,3 +758,39 @@ async def test_loose_permissions_are_warned_about_at_start(
         close = await start(make_daemon(tmp_path, text.replace('"0666"', '"0660"')))
         await close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# --- one rule for the Maglev parameters ------------------------------------------------------------
+
+
+def test_the_variant_is_the_configs_choice_else_the_running_module() -> None:
+    from mhd.maglev.params import Model, model_for
+
+    assert model_for("intree", "backport", None) == Model(12, "intree")
+    assert model_for("backport", None, 8) == Model(8, "backport") and Model(8, "backport").size == 251
+    assert model_for("auto", "backport", 14) == Model(14, "backport")
+    assert model_for("auto", None, None) == Model(12, "intree")
+
+
+@aio
+async def test_table_and_metrics_predict_with_the_same_parameters(tmp_path: Path) -> None:
+    """A backport kernel with a 509-slot table: the API's table and the metrics' shares both use it."""
+    from mhd.kernel import KernelInfo
+    from mhd.maglev.predict import Model, shares
+
+    d = make_daemon(tmp_path)
+    d.kernel = KernelInfo("6.1.0-test", True, "backport", 9, "config")
+    live = d.observed[next(k for k in d.observed if str(k) == "tcp:203.0.113.15:80")]
+    want = {str(k): v for k, v in shares(live, Model(9, "backport")).items()}
+    assert want != {str(k): v for k, v in shares(live, Model(12, "intree")).items()}
+    async with served(d, trusted=False) as client:
+        doc = await get_json(client, "/v1/services/web/table")
+    assert (doc["table_size"], doc["variant"]) == (509, "backport")
+    assert {s["server"]: s["share"] for s in doc["servers"]} == want
+    metrics = Metrics(d)
+    metrics.collector.families()
+    metrics.collector.slots.wait()
+    share = next(f for f in metrics.collector.families() if f.name == "mhd_server_slot_share")
+    got = {f"{values[1]}:{values[2]}": value for (values, _), value in share.rows if values[0] == "web"}
+    assert got == want
+    metrics.collector.slots.close()

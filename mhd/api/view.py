@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from mhd.config.checkspec import CheckSpec
 from mhd.config.validate import Config
 from mhd.health import CheckResult, Health
+from mhd.maglev.params import Variant
 from mhd.model import DestKey, Service, ServiceKey
 from mhd.reports import ReloadResult
 
@@ -32,7 +33,7 @@ class KernelFacts(Protocol):
     """What the daemon found out about the running kernel at start."""
 
     @property
-    def mh_variant(self) -> Literal["intree", "backport"] | None: ...
+    def mh_variant(self) -> Variant | None: ...
     @property
     def mh_tab_index(self) -> int: ...
     def to_json(self) -> dict[str, object]: ...

@@ -32,5 +32,5 @@ class Model:
 def model_for(module: str, running: Variant | None, tab_index: int | None) -> Model:
     """The model for a config's `kernel.module` (auto, intree or backport), the variant the kernel
     runs (None: ip_vs_mh not loaded) and the table index (None: the kernel's default)."""
-    variant: Variant = module if module in ("intree", "backport") else (running or "intree")  # type: ignore[assignment]
-    return Model(tab_index or DEFAULT_MH_TAB_INDEX, variant)
+    chosen: dict[str, Variant] = {"intree": "intree", "backport": "backport"}
+    return Model(tab_index or DEFAULT_MH_TAB_INDEX, chosen.get(module, running or "intree"))

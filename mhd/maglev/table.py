@@ -55,6 +55,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from mhd.maglev.params import Variant
 from mhd.maglev.siphash import hsiphash, hsiphash_u32, hsiphash_u32_multi
 from mhd.model import MH_PRIMES
 
@@ -89,7 +90,6 @@ KEY_SKIP: Final = (2654446892, 2654446892)
 #: ``ip_vs_mh_get_port`` reads a port only for these; every other protocol hashes port 0.
 PORT_PROTOCOLS: Final = frozenset({"tcp", "udp", "sctp"})
 
-Variant = Literal["intree", "backport"]
 Bits = Literal[64, 32]
 Family = Literal[4, 6]
 
