@@ -3,20 +3,20 @@
 Gauges are not updated by hand as things happen: every scrape walks the config, the last kernel dump
 and the prober's per-server state, so a metric can never disagree with `GET /v1/status` or go stale
 when a server leaves the config. Only what is not kept anywhere else is accumulated, in
-prometheus_client objects: probe durations and due-time lag (histograms fed by a probe hook), probe
-failures by check type, and reloads by result.
+prometheus_client objects: probe durations and due-time lag (histograms fed by a probe hook) and
+probe failures by check type. Reloads are the daemon's own count.
 
 Kernel counters use node_exporter's IPVS label names (`local_address`, `local_port`, `remote_address`,
 `remote_port`, `proto`) plus `service`, so dashboards written for `node_ipvs_backend_*` work on
 `mhd_ipvs_backend_*` after a rename. Only services in the config are exported; anything else in IPVS
 is not mhd's (node_exporter covers it).
 
-Speed. A config of 16,000 servers is about 150,000 series. prometheus_client 0.26 formats a sample in
-about 30 us (it validates every label name), which would block the daemon's only loop, and with it
-every probe, for seconds per scrape. So `DaemonCollector` builds light `Family` rows whose label text
-is formatted once per server and cached, and `/metrics` writes them directly (`render_families`); the
-same families convert to prometheus_client `Metric`s for any registry (`collect()`), and a test
-checks that both expositions parse to the same samples.
+Speed: prometheus_client's own exposition of a large config's series would block the daemon's only
+loop, and every probe with it, for seconds per scrape (docs/design.md, "Metrics exposition"). So
+`DaemonCollector` builds light `Family` rows whose label text is formatted once per server and
+cached, and `/metrics` writes them directly (`render_families`); the same families convert to
+prometheus_client `Metric`s for any registry (`collect()`), and a test checks that both expositions
+parse to the same samples.
 
 `mhd_server_slot_share` is the share of the Maglev table each server holds, predicted by
 `mhd.maglev.predict` from the kernel's destination list. A table takes milliseconds to build, so shares
