@@ -794,3 +794,33 @@ async def test_table_and_metrics_predict_with_the_same_parameters(tmp_path: Path
     got = {f"{values[1]}:{values[2]}": value for (values, _), value in share.rows if values[0] == "web"}
     assert got == want
     metrics.collector.slots.close()
+
+
+# --- layering ------------------------------------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at module level, in functions and under TYPE_CHECKING alike."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_the_api_reads_the_daemon_only_through_its_view() -> None:
+    allowed = ("mhd.api", "mhd.config", "mhd.model", "mhd.health", "mhd.maglev", "mhd.reports")
+    for path in sorted((ROOT / "mhd" / "api").glob("*.py")):
+        ours = {m for m in imported_modules(path) if m == "mhd" or m.startswith("mhd.")}
+        assert all(m == "mhd" or m.startswith(allowed) for m in ours), (path.name, sorted(ours))
+
+
+def test_the_remote_client_imports_the_standard_library_only() -> None:
+    import sys
+
+    top = {m.split(".")[0] for m in imported_modules(ROOT / "mhd" / "ctl" / "client.py")}
+    assert top <= set(sys.stdlib_module_names) | {"__future__"}, top
