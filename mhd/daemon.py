@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mhd import __version__, kernel, sdnotify
@@ -34,20 +33,10 @@ from mhd.model import DestKey, Service, ServiceKey, mh_table_size
 from mhd.netlink import NetlinkError
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
 from mhd.reconcile import Outcome, reconcile
+from mhd.reports import ReloadResult
 from mhd.state import StateDir, StateError
 
 log = logging.getLogger("mhd")
-
-
-@dataclass
-class ReloadResult:
-    ok: bool
-    at: float
-    errors: list[str] = field(default_factory=list)
-    sha256: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "at": self.at, "errors": self.errors, "sha256": self.sha256}
 
 
 def targets(services: Iterable[ServiceConfig]) -> dict[tuple[str, DestKey], Target]:
@@ -444,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from mhd.api import server as api
 
+        # The API takes the daemon as its read-only view: mypy checks here that `Daemon` satisfies
+        # `mhd.api.view.DaemonView`.
         return asyncio.run(daemon.run(on_ready=api.start))
     except ConfigError as exc:
         for problem in exc.problems:

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 
 from mhd.config.validate import load
-from mhd.daemon import Daemon, ReloadResult
+from mhd.daemon import Daemon
 from mhd.health import CheckResult, Health, State
 from mhd.kernel import KernelInfo
 from mhd.model import DestKey, Service, Stats, parse_ip
 from mhd.reconcile import Outcome, desired_state
+from mhd.reports import ReloadResult
 from mhd.state import StateDir
 
 

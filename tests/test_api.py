@@ -21,9 +21,12 @@ from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 from fakes import FakeDaemon, health, spy_imports
 
-from mhd.api import server as api_module
+from mhd.api import handlers, listeners, server
+from mhd.api import model as maglev_model
+from mhd.api.handlers import MAX_BODY, Api, StatusBodies
 from mhd.api.metrics import Metrics
-from mhd.api.server import MAX_BODY, Api, StatusBodies, openapi, start
+from mhd.api.openapi import openapi
+from mhd.api.server import start
 from mhd.daemon import Daemon
 from mhd.model import Stats
 from mhd.state import StateDir
@@ -273,7 +276,7 @@ async def test_an_unexpected_exception_is_a_logged_json_500(
     def broken(_daemon: Daemon) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(api_module, "status", broken)
+    monkeypatch.setattr(handlers, "status", broken)
     async with served(d, trusted=False) as client:
         with caplog.at_level(logging.ERROR, "mhd.api.server"):
             err = await get_json(client, "/v1/status", 500)
@@ -352,8 +355,8 @@ async def test_the_maglev_model_is_imported_off_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/table and /predict need numpy: imported on the daemon's loop it stalled every probe."""
-    seen = spy_imports(monkeypatch, api_module)
-    monkeypatch.setattr(api_module, "_PREDICT", None)
+    seen = spy_imports(monkeypatch, maglev_model)
+    monkeypatch.setattr(maglev_model, "_module", None)
     async with served(make_daemon(tmp_path), trusted=False) as client:
         await get_json(client, "/v1/services/web/table")
         await get_json(client, "/v1/services/web/predict?client=198.51.100.7")
@@ -422,13 +425,11 @@ async def test_predict_takes_the_documented_10000_clients_on_the_real_listener(t
 async def test_the_maglev_model_is_imported_at_start_not_at_first_use(tmp_path: Path) -> None:
     """numpy's import holds the interpreter lock for seconds under emulation: done at start, before
     the prober runs, no scrape or prediction ever makes probes wait for it."""
-    import mhd.api.server
-
-    mhd.api.server._PREDICT = None
+    maglev_model._module = None
     close = await start(make_daemon(tmp_path, CONFIG))
     try:
-        assert mhd.api.server._PREDICT is not None and hasattr(mhd.api.server._PREDICT, "predict")
-        assert await mhd.api.server.predict_module() is mhd.api.server._PREDICT  # no import left to do
+        assert maglev_model._module is not None and hasattr(maglev_model._module, "predict")
+        assert await maglev_model.get() is maglev_model._module  # no import left to do
     finally:
         await close()
 
@@ -462,6 +463,12 @@ async def raw_exchange(data: bytes, *, port: int | None = None, path: Path | Non
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
+def assert_quiet(caplog: pytest.LogCaptureFixture, level: int) -> None:
+    """No traceback and nothing logged at `level` or above: a client's mistake is not the daemon's."""
+    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= level]
+    assert not noisy, [(r.name, r.levelname, r.getMessage()) for r in noisy]
+
+
 MALFORMED = {
     "TLS on the HTTP port": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32),
     "bad request line": b"GET /v1/status HTTP/1.1 trailing\r\nHost: x\r\n\r\n",
@@ -469,7 +476,7 @@ MALFORMED = {
     "header without a colon": b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
     "bad Content-Length": b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
     "oversize header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
-    "oversize request line": b"GET /healthz?" + b"a" * (api_module.MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
+    "oversize request line": b"GET /healthz?" + b"a" * (listeners.MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
 }
 
 
@@ -494,8 +501,7 @@ async def test_malformed_requests_get_a_json_4xx_and_no_traceback(
         assert status == 200 and json.loads(body)["ok"] is True
     finally:
         await close()
-    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
-    assert not noisy, [(r.name, r.levelname, r.getMessage()) for r in noisy]
+    assert_quiet(caplog, logging.WARNING)
 
 
 @aio
@@ -505,10 +511,10 @@ async def test_a_burst_is_served_a_bounded_number_of_connections_at_a_time(
     """The API shares the loop with the probes: how many connections it serves at once bounds how
     long one loop iteration can take (set up, parse, answer, close: each phase for all of them in
     one iteration). The rest wait in the kernel's listen queue, and every request is answered."""
-    monkeypatch.setattr(api_module, "MAX_CONNECTIONS", 4)
-    monkeypatch.setattr(api_module, "TCP_CONNECTIONS", 3)
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server, "TCP_CONNECTIONS", 3)
     open_now, peak = [0], [0]
-    made, lost = api_module.Connection.connection_made, api_module.Connection.connection_lost
+    made, lost = listeners.Connection.connection_made, listeners.Connection.connection_lost
 
     def counted_made(self: Any, transport: Any) -> None:
         open_now[0] += 1
@@ -519,8 +525,8 @@ async def test_a_burst_is_served_a_bounded_number_of_connections_at_a_time(
         open_now[0] -= 1
         lost(self, exc)
 
-    monkeypatch.setattr(api_module.Connection, "connection_made", counted_made)
-    monkeypatch.setattr(api_module.Connection, "connection_lost", counted_lost)
+    monkeypatch.setattr(listeners.Connection, "connection_made", counted_made)
+    monkeypatch.setattr(listeners.Connection, "connection_lost", counted_lost)
     close, port, sock = await start_on_tcp_and_unix(tmp_path)
     try:
         async with (
@@ -546,9 +552,9 @@ async def test_a_burst_is_served_a_bounded_number_of_connections_at_a_time(
 async def test_idle_connections_cannot_hold_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Connections that never send a request (slowloris) are closed after REQUEST_TIMEOUT, and TCP
     clients can never take the unix socket's share of the slots."""
-    monkeypatch.setattr(api_module, "MAX_CONNECTIONS", 2)
-    monkeypatch.setattr(api_module, "TCP_CONNECTIONS", 1)
-    monkeypatch.setattr(api_module, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(server, "TCP_CONNECTIONS", 1)
+    monkeypatch.setattr(listeners, "REQUEST_TIMEOUT", 0.5)
     close, port, sock = await start_on_tcp_and_unix(tmp_path)
     try:
         idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
@@ -570,7 +576,7 @@ def test_a_file_in_the_way_of_the_socket_is_not_removed(tmp_path: Path) -> None:
     path = tmp_path / "mhd.sock"
     path.write_text("precious")
     with pytest.raises(OSError, match="not a socket"):
-        api_module.unix_listener(str(path), 0o660, None)
+        listeners.unix_listener(str(path), 0o660, None)
     assert path.read_text() == "precious"
 
 
@@ -664,3 +670,157 @@ async def test_table_and_predict_answer_from_the_live_list(tmp_path: Path) -> No
         assert "client=" in none["error"]
         gone = await get_json(client, "/v1/services/empty/table", 404)
         assert "not in the kernel" in gone["error"]
+
+
+# --- issue 11 item 9: auth and permission details -------------------------------------------------------
+
+
+def token_config(token: Path, port: int | None = None, extra: str = "") -> str:
+    listen = f"127.0.0.1:{port}" if port is not None else ""
+    return CONFIG.replace("api: {listen: '', socket: ''}", f"api: {{listen: '{listen}', socket: '', token-file: {token}{extra}}}")
+
+
+@aio
+async def test_non_utf8_bytes_in_authorization_are_a_401_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    port = free_port()
+    close = await start(make_daemon(tmp_path, token_config(token, port)))
+    caplog.set_level(logging.DEBUG)
+    try:
+        for value in (b"Bearer \xff\xfe\x80", b"\xff\xfe s3cret", b"Bearer s3cret\xc3"):
+            request = b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: " + value
+            request += b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            status, headers, body = await raw_exchange(request, port=port)
+            assert status == 401, (value, status, body)
+            assert headers["content-type"].startswith("application/json") and json.loads(body)["error"]
+    finally:
+        await close()
+    assert_quiet(caplog, logging.ERROR)
+
+
+@aio
+async def test_a_missing_token_file_is_not_disclosed_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = tmp_path / "secret-dir" / "token"
+    d = make_daemon(tmp_path, token_config(token))
+    path = "/v1/services/web/servers/10.0.0.1:80/disable"
+    async with served(d, trusted=False) as client:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(5):
+                err = await post_json(client, path, 403, headers={"Authorization": "Bearer x"})
+                assert "secret-dir" not in err["error"] and "cannot read its token file" in err["error"]
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and str(token) in errors[0].getMessage(), [r.getMessage() for r in errors]
+        token.parent.mkdir()
+        token.write_text("\n")
+        token.chmod(0o600)
+        err = await post_json(client, path, 403, headers={"Authorization": "Bearer x"})
+        assert "empty" in err["error"] and "secret-dir" not in err["error"]
+
+
+@aio
+async def test_only_the_first_line_of_the_token_file_counts(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\nsecond line: a comment\n")
+    token.chmod(0o600)
+    d = make_daemon(tmp_path, token_config(token))
+    path = "/v1/services/web/servers/10.0.0.1:80/disable"
+    async with served(d, trusted=False) as client:
+        await post_json(client, path, 401, headers={"Authorization": "Bearer second line: a comment"})
+        await post_json(client, path, 401, headers={"Authorization": "Bearer s3cret\tsecond"})
+        await post_json(client, path, 200, headers={"Authorization": "Bearer s3cret"})
+
+
+@aio
+async def test_loose_permissions_are_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o644)
+    sock = tmp_path / "mhd.sock"
+    extra = f', socket: {sock}, socket-mode: "0666"'
+    text = token_config(token, free_port(), extra=extra).replace("socket: '', ", "")
+    with caplog.at_level(logging.WARNING):
+        close = await start(make_daemon(tmp_path, text))
+        await close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("api.token-file" in w and "chmod 600" in w and "0644" in w for w in warnings), warnings
+    assert any("api.socket-mode" in w and "0666" in w for w in warnings), warnings
+    caplog.clear()
+    token.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        close = await start(make_daemon(tmp_path, text.replace('"0666"', '"0660"')))
+        await close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# --- one rule for the Maglev parameters ------------------------------------------------------------
+
+
+def test_the_variant_is_the_configs_choice_else_the_running_module() -> None:
+    from mhd.maglev.params import Model, model_for
+
+    assert model_for("intree", "backport", None) == Model(12, "intree")
+    assert model_for("backport", None, 8) == Model(8, "backport") and Model(8, "backport").size == 251
+    assert model_for("auto", "backport", 14) == Model(14, "backport")
+    assert model_for("auto", None, None) == Model(12, "intree")
+
+
+@aio
+async def test_table_and_metrics_predict_with_the_same_parameters(tmp_path: Path) -> None:
+    """A backport kernel with a 509-slot table: the API's table and the metrics' shares both use it."""
+    from mhd.kernel import KernelInfo
+    from mhd.maglev.predict import Model, shares
+
+    d = make_daemon(tmp_path)
+    d.kernel = KernelInfo("6.1.0-test", True, "backport", 9, "config")
+    live = d.observed[next(k for k in d.observed if str(k) == "tcp:203.0.113.15:80")]
+    want = {str(k): v for k, v in shares(live, Model(9, "backport")).items()}
+    assert want != {str(k): v for k, v in shares(live, Model(12, "intree")).items()}
+    async with served(d, trusted=False) as client:
+        doc = await get_json(client, "/v1/services/web/table")
+    assert (doc["table_size"], doc["variant"]) == (509, "backport")
+    assert {s["server"]: s["share"] for s in doc["servers"]} == want
+    metrics = Metrics(d)
+    metrics.collector.families()
+    metrics.collector.slots.wait()
+    share = next(f for f in metrics.collector.families() if f.name == "mhd_server_slot_share")
+    got = {f"{values[1]}:{values[2]}": value for (values, _), value in share.rows if values[0] == "web"}
+    assert got == want
+    metrics.collector.slots.close()
+
+
+# --- layering ------------------------------------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at module level, in functions and under TYPE_CHECKING alike."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_the_api_reads_the_daemon_only_through_its_view() -> None:
+    allowed = ("mhd.api", "mhd.config", "mhd.model", "mhd.health", "mhd.maglev", "mhd.reports")
+    for path in sorted((ROOT / "mhd" / "api").glob("*.py")):
+        ours = {m for m in imported_modules(path) if m == "mhd" or m.startswith("mhd.")}
+        assert all(m == "mhd" or m.startswith(allowed) for m in ours), (path.name, sorted(ours))
+
+
+def test_the_remote_client_imports_the_standard_library_only() -> None:
+    import sys
+
+    top = {m.split(".")[0] for m in imported_modules(ROOT / "mhd" / "ctl" / "client.py")}
+    assert top <= set(sys.stdlib_module_names) | {"__future__"}, top

@@ -16,19 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeDaemon
 
 from mhd.api.server import start
-from mhd.config.validate import load
 from mhd.ctl import main as ctl
 from mhd.ctl.client import Colors, format_status, use_color
-from mhd.daemon import Daemon, ReloadResult
 from mhd.health import CheckResult, Health
-from mhd.kernel import KernelInfo
-from mhd.model import Service
-from mhd.reconcile import Outcome, desired_state
 from mhd.state import StateDir
 
-# A small copy of test_api's world: tests/ is not a package, so no cross-imports.
+# A small copy of test_api's world, on a unix socket and TCP with a token.
 CONFIG = """
 reconcile-interval: 1s
 api: {{listen: "127.0.0.1:{port}", socket: {socket}, token-file: {token}}}
@@ -46,42 +42,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def refresh(d: Daemon) -> None:
-    assert d.config is not None and d.state is not None
-    desired, members = desired_state(d.config, d.healthy, d.state.disabled())
-    observed = {
-        k: Service(k, w.service.scheduler, w.service.flags, dests=w.service.dests) for k, w in desired.items()
-    }
-    d.observed, d.outcome = observed, Outcome(observed, [], [], [], members)
-
-
-def make_daemon(tmp_path: Path) -> Daemon:
-    path = tmp_path / "mhd.yaml"
-    (tmp_path / "token").write_text("t0ken\n")
-    path.write_text(CONFIG.format(port=free_port(), socket=tmp_path / "mhd.sock", token=tmp_path / "token"))
-    d = Daemon(str(path), str(tmp_path / "state"))
-    d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
-    d.state = StateDir(tmp_path / "state")
-    d._adopt(load(path))
-    d.last_reload = ReloadResult(True, time.time(), [], d.config.sha256 if d.config else "")
-    for target in d.targets.values():
-        slot = d.prober._where[target].slots[target]
-        down = target.address == "10.0.0.2"
-        result = CheckResult(not down, 0.0021, "connection refused" if down else "ok", time.time() - 3)
-        slot.health = Health("down" if down else "up", 0, 3 if down else 0, int(down), result)
-    refresh(d)
+def make_daemon(tmp_path: Path) -> FakeDaemon:
+    """10.0.0.2:80 refuses its checks (down, out of the kernel); every other server is up."""
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    text = CONFIG.format(port=free_port(), socket=tmp_path / "mhd.sock", token=token)
+    d = FakeDaemon(tmp_path, text)
+    refused = CheckResult(False, 0.0021, "connection refused", time.time() - 3)
+    d.set_health("web", "10.0.0.2:80", Health("down", 0, 3, 1, refused))
+    d.refresh()
     return d
 
 
 @contextlib.contextmanager
-def running(d: Daemon) -> Iterator[None]:
+def running(d: FakeDaemon) -> Iterator[None]:
     """The daemon's main loop and its API in a thread: mhctl is a synchronous client."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()
 
     async def reconcile_once(only: set[Any] | None = None) -> None:
-        refresh(d)
+        d.refresh()
         for hook in d.hooks:
             hook()
 
@@ -182,6 +164,9 @@ def test_over_tcp_with_and_without_the_token(tmp_path: Path, capsys: pytest.Capt
         assert code == 1 and "Authorization: Bearer" in err
         token = str(tmp_path / "token")
         assert mhctl(capsys, "disable", "web", "10.0.0.1", "--api", url, "--token-file", token)[0] == 0
+        two_lines = tmp_path / "token-and-comment"
+        two_lines.write_text("\nt0ken\nrotated on Monday\n")  # the first non-blank line, as the daemon reads it
+        assert mhctl(capsys, "enable", "web", "10.0.0.1", "--api", url, "--token-file", str(two_lines))[0] == 0
         code, _, err = mhctl(capsys, "status", "--api", "ftp://x")
         assert code == 2 and "--api must be" in err
 

@@ -14,7 +14,7 @@ from fakes import FakeDaemon, health, key, spy_imports
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mhd.api import metrics as metrics_module
+from mhd.api import model as maglev_model
 from mhd.api.metrics import Metrics, render_families
 from mhd.health import CheckResult
 from mhd.model import Stats
@@ -166,7 +166,7 @@ def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
     assert time.time() - value(s, "mhd_last_reconcile_timestamp_seconds") < 5
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mhd.maglev.table") is None, reason="no Maglev model")
+@pytest.mark.skipif(importlib.util.find_spec("mhd.maglev.predict") is None, reason="no Maglev model")
 def test_slot_shares_from_the_maglev_model(tmp_path: Path) -> None:
     pytest.importorskip("numpy")
     d = make_daemon(tmp_path)
@@ -190,11 +190,12 @@ def test_the_maglev_model_is_imported_off_the_scraping_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scrape runs on the daemon's loop: importing numpy there stalled every probe (seconds under TCG)."""
-    seen = spy_imports(monkeypatch, metrics_module)
+    seen = spy_imports(monkeypatch, maglev_model)
+    monkeypatch.setattr(maglev_model, "_module", None)
     metrics = Metrics(make_daemon(tmp_path))
     scrape(metrics)
     metrics.collector.slots.wait()
-    assert seen == [("mhd.maglev.table", False)]
+    assert seen == [("mhd.maglev.predict", False)]
 
 
 def test_fast_exposition_equals_prometheus_client(tmp_path: Path) -> None:

@@ -1,3 +1,3 @@
-from mhd.api.server import main
+from mhd.api.openapi import main
 
 main()

@@ -3,33 +3,31 @@
 Gauges are not updated by hand as things happen: every scrape walks the config, the last kernel dump
 and the prober's per-server state, so a metric can never disagree with `GET /v1/status` or go stale
 when a server leaves the config. Only what is not kept anywhere else is accumulated, in
-prometheus_client objects: probe durations and due-time lag (histograms fed by a probe hook), probe
-failures by check type, and reloads by result.
+prometheus_client objects: probe durations and due-time lag (histograms fed by a probe hook) and
+probe failures by check type. Reloads are the daemon's own count.
 
 Kernel counters use node_exporter's IPVS label names (`local_address`, `local_port`, `remote_address`,
 `remote_port`, `proto`) plus `service`, so dashboards written for `node_ipvs_backend_*` work on
 `mhd_ipvs_backend_*` after a rename. Only services in the config are exported; anything else in IPVS
 is not mhd's (node_exporter covers it).
 
-Speed. A config of 16,000 servers is about 150,000 series. prometheus_client 0.26 formats a sample in
-about 30 us (it validates every label name), which would block the daemon's only loop, and with it
-every probe, for seconds per scrape. So `DaemonCollector` builds light `Family` rows whose label text
-is formatted once per server and cached, and `/metrics` writes them directly (`render_families`); the
-same families convert to prometheus_client `Metric`s for any registry (`collect()`), and a test
-checks that both expositions parse to the same samples.
+Speed: prometheus_client's own exposition of a large config's series would block the daemon's only
+loop, and every probe with it, for seconds per scrape (docs/design.md, "Metrics exposition"). So
+`DaemonCollector` builds light `Family` rows whose label text is formatted once per server and
+cached, and `/metrics` writes them directly (`render_families`); the same families convert to
+prometheus_client `Metric`s for any registry (`collect()`), and a test checks that both expositions
+parse to the same samples.
 
 `mhd_server_slot_share` is the share of the Maglev table each server holds, predicted by
-`mhd.maglev.table` from the kernel's destination list. A table takes milliseconds to build, so shares are
-computed in a worker thread once per distinct list and appear from the scrape after it finished; they
-are skipped when the model is not available.
+`mhd.maglev.predict` from the kernel's destination list. A table takes milliseconds to build, so shares
+are computed in a worker thread once per distinct list and appear from the scrape after it finished;
+they are skipped when the model is not available.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -41,14 +39,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from mhd import __version__
-from mhd.api.status import SERVICE_STATES, service_state
+from mhd.api import model
+from mhd.api.status import SERVICE_STATES, in_panic, service_state
+from mhd.api.view import DaemonView
 from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 
 if TYPE_CHECKING:
+    from mhd.config.checkspec import CheckSpec
     from mhd.config.validate import Config, ServiceConfig
-    from mhd.daemon import Daemon, ReloadResult
     from mhd.health import CheckResult
-    from mhd.probing.prober import CheckKey, Target
+    from mhd.maglev.params import Model
 
 log = logging.getLogger("mhd.metrics")
 
@@ -111,7 +111,7 @@ class ServerRow(NamedTuple):
     key: DestKey
     name: str
     labels: Labels
-    target: Target | None
+    target: Any  # the daemon's health target of the server (None: none yet)
 
 
 class LabelCache:
@@ -129,7 +129,7 @@ class LabelCache:
             self._cache.clear()
             self._rows.clear()
 
-    def servers(self, svc: ServiceConfig, targets: Mapping[tuple[str, DestKey], Target]) -> list[ServerRow]:
+    def servers(self, svc: ServiceConfig, targets: Mapping[tuple[str, DestKey], Any]) -> list[ServerRow]:
         """Per configured server: key, its text form, labels and health target (built once per config)."""
         rows = self._rows.get(svc.name)
         if rows is None:
@@ -183,31 +183,16 @@ class SlotShares:
         self._cache: dict[ServiceKey, tuple[object, dict[DestKey, float]]] = {}
         self._pending: set[ServiceKey] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._model: Any = None
-        self._looked_up = False
 
-    def model(self) -> Any:
-        """`mhd.maglev.table` when it is importable and has `build_table`, else None (looked up once)."""
-        if not self._looked_up:
-            self._looked_up = True
-            try:
-                module = importlib.import_module("mhd.maglev.table")
-            except Exception as exc:  # an optional model: never fail a scrape over it
-                log.info("no Maglev model, mhd_server_slot_share not exported: %s", exc)
-                return None
-            self._model = module if callable(getattr(module, "build_table", None)) else None
-        return self._model
-
-    def shares(self, observed: Service, tab_index: int, variant: str) -> dict[DestKey, float]:
+    def shares(self, observed: Service, params: Model) -> dict[DestKey, float]:
         """The shares if known for this exact list; otherwise {} now, and computed for a later scrape.
 
-        The daemon imports the model at start (`mhd.api.server.preload_model`); otherwise the worker does,
-        never the loop: numpy's import there stalled every probe on the first scrape (90 ms on a
-        host core, over a second under emulation).
+        The model is loaded at start (`mhd.api.server.start`); otherwise the worker loads it, never
+        the loop: numpy's import there stalls every probe.
         """
-        if (self._looked_up and self._model is None) or not observed.dests:
+        if model.unavailable() or not observed.dests:
             return {}
-        signature = (tuple((d.key, d.weight) for d in observed.dests), tab_index, variant)
+        signature = (tuple((d.key, d.weight) for d in observed.dests), params)
         with self._lock:
             cached = self._cache.get(observed.key)
             if cached is not None and cached[0] == signature:
@@ -217,18 +202,15 @@ class SlotShares:
             self._pending.add(observed.key)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mhd-maglev")
-        self._executor.submit(self._compute, observed, signature, tab_index, variant)
+        self._executor.submit(self._compute, observed, signature, params)
         return {}
 
-    def _compute(self, observed: Service, signature: object, tab_index: int, variant: str) -> None:
+    def _compute(self, observed: Service, signature: object, params: Model) -> None:
         shares: dict[DestKey, float] = {}
-        model = self.model()  # in the worker: see shares()
+        predict = model.load()  # in the worker: see shares()
         try:
-            if model is not None:
-                dests = [model.MhDest(str(d.key.address), d.key.port, d.weight) for d in observed.dests]
-                family = 6 if observed.key.family == socket.AF_INET6 else 4
-                table = model.build_table(dests, tab_index=tab_index, variant=variant, family=family)
-                shares = dict(zip((d.key for d in observed.dests), table.slot_shares(), strict=True))
+            if predict is not None:
+                shares = predict.shares(observed, params)
         except Exception:
             log.exception("Maglev model failed for %s", observed.key)
         with self._lock:
@@ -256,7 +238,7 @@ class SlotShares:
 class DaemonCollector(Collector):
     """Everything derived from the daemon's state, read at scrape time."""
 
-    def __init__(self, daemon: Daemon, metrics: Metrics) -> None:
+    def __init__(self, daemon: DaemonView, metrics: Metrics) -> None:
         self.daemon = daemon
         self.metrics = metrics
         self.slots = SlotShares()
@@ -288,7 +270,7 @@ class DaemonCollector(Collector):
         for kind, count in sorted(d.op_counts.items()):
             ops.add(plain(("kind",), kind), count)
         reloads = Family("mhd_reloads", "counter", "Config reloads, by result", ("result",))
-        for result, count in sorted(self.metrics.reload_counts().items()):
+        for result, count in sorted(d.reload_counts.items()):
             reloads.add(plain(("result",), result), count)
         single = [
             ("mhd_reconciles", "counter", "Completed reconcile passes (whole or scoped)", d.reconciles),
@@ -327,18 +309,17 @@ class DaemonCollector(Collector):
         d = self.daemon
         observed = d.observed.get(svc.key)
         dests = {x.key: x for x in observed.dests} if observed is not None else {}
-        membership = d.outcome.members.get(svc.name) if d.outcome is not None else None
-        panic = bool(membership and membership.panic)
+        panic = in_panic(d, svc.name)
         plain = self.labels.plain
         f.panic.add(plain(("service",), svc.name), int(panic))
-        enabled_ok = True
+        facts: list[tuple[bool, bool, bool]] = []
         prober = d.prober
         for key, name, labels, target in self.labels.servers(svc, d.targets):
             health = prober.health(target) if target is not None else None
             up = health is not None and health.state == "up"
             off = name in disabled if disabled else False
             present = key in dests
-            enabled_ok &= off or (up and present)
+            facts.append((up, present, off))
             f.up.add(labels, int(up))
             f.in_kernel.add(labels, int(present))
             f.disabled.add(labels, int(off))
@@ -347,7 +328,7 @@ class DaemonCollector(Collector):
                 counters = prober.counters(target)
                 f.failures.add(labels, counters.failures)
                 f.inconclusive.add(labels, counters.inconclusive)
-        state = service_state(bool(dests), panic, enabled_ok)
+        state = service_state(bool(dests), panic, facts)
         for name in SERVICE_STATES:
             f.state.add(plain(("service", "state"), svc.name, name), int(name == state))
         if observed is not None:
@@ -355,9 +336,8 @@ class DaemonCollector(Collector):
 
     def _backends(self, f: _Families, name: str, observed: Service) -> None:
         shares: dict[DestKey, float] = {}
-        kernel = self.daemon.kernel
-        if observed.scheduler == "mh" and kernel is not None:
-            shares = self.slots.shares(observed, kernel.mh_tab_index, self._variant())
+        if observed.scheduler == "mh" and self.daemon.kernel is not None:
+            shares = self.slots.shares(observed, model.parameters(self.daemon))
         s = observed.stats
         f.svc_conns.add(self.labels.service(name, observed.key), s.conns)
         for direction, packets, octets in (
@@ -375,13 +355,6 @@ class DaemonCollector(Collector):
             share = shares.get(dest.key)
             if share is not None:
                 f.share.add(self.labels.server(name, dest.key), share)
-
-    def _variant(self) -> str:
-        """The module whose table to predict: the config's choice, else what the kernel runs."""
-        config, kernel = self.daemon.config, self.daemon.kernel
-        if config is not None and config.kernel.module in ("intree", "backport"):
-            return config.kernel.module
-        return (kernel.mh_variant if kernel is not None else None) or "intree"
 
 
 class _Families:
@@ -435,7 +408,7 @@ class Metrics:
     `install()` hooks into the daemon, `uninstall()` unhooks (the API's closer calls it).
     """
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self.registry = CollectorRegistry(auto_describe=False)  # the accumulated metrics only
         self.check_duration = Histogram(
@@ -456,8 +429,6 @@ class Metrics:
         )
         self._by_type: dict[str, tuple[Any, Any]] = {}
         self.collector = DaemonCollector(daemon, self)
-        self._reloads = {"ok": 0, "error": 0}
-        self._seen_reload: ReloadResult | None = daemon.last_reload
         self.last_reconcile = time.monotonic()
         self.last_reconcile_wall = time.time()
 
@@ -466,12 +437,13 @@ class Metrics:
         self.daemon.hooks.append(self.on_reconcile)
 
     def uninstall(self) -> None:
-        for hooks, hook in ((self.daemon.probe_hooks, self.on_probe), (self.daemon.hooks, self.on_reconcile)):
-            if hook in hooks:
-                hooks.remove(hook)  # type: ignore[arg-type]
+        if self.on_probe in self.daemon.probe_hooks:
+            self.daemon.probe_hooks.remove(self.on_probe)
+        if self.on_reconcile in self.daemon.hooks:
+            self.daemon.hooks.remove(self.on_reconcile)
         self.collector.slots.close()
 
-    def on_probe(self, key: CheckKey, due: float, lag: float, result: CheckResult) -> None:
+    def on_probe(self, key: tuple[CheckSpec, str, int, str], due: float, lag: float, result: CheckResult) -> None:
         """Called for every probe (thousands a second): the labelled children are looked up once."""
         kind = key[0].type
         children = self._by_type.get(kind)
@@ -488,21 +460,6 @@ class Metrics:
     def on_reconcile(self) -> None:
         self.last_reconcile = time.monotonic()
         self.last_reconcile_wall = time.time()
-        self.note_reload()
-
-    def note_reload(self) -> None:
-        """Count a reload the first time its result is seen (after a pass, by a scrape or the API)."""
-        result = self.daemon.last_reload
-        if result is not None and result is not self._seen_reload:
-            self._seen_reload = result
-            self._reloads["ok" if result.ok else "error"] += 1
-
-    def reload_counts(self) -> dict[str, int]:
-        own = getattr(self.daemon, "reload_counts", None)  # the daemon's own count, when it keeps one
-        if isinstance(own, dict):
-            return {str(k): int(v) for k, v in own.items()}
-        self.note_reload()
-        return dict(self._reloads)
 
     def render(self) -> bytes:
         """The /metrics body: prometheus_client's exposition of the accumulated metrics, then ours."""

@@ -1,4 +1,4 @@
-"""Status documents built from a running `Daemon`: what `GET /v1/status` and `mhctl status` show.
+"""Status documents: what `GET /v1/status` and `mhctl status` show, built from the daemon's view.
 
 Kept apart from the HTTP layer so that the same plain-JSON documents can be built in tests (and by any
 future consumer) from a daemon whose state was filled in by hand, with no server and no kernel.
@@ -14,6 +14,7 @@ A service's `state` summarises what the operator must look at first, most severe
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from mhd import __version__
@@ -30,8 +31,8 @@ from mhd.model import (
 )
 
 if TYPE_CHECKING:
+    from mhd.api.view import DaemonView
     from mhd.config.validate import ServerConfig, ServiceConfig
-    from mhd.daemon import Daemon
 
 ServiceState = Literal["ok", "degraded", "panic", "down"]
 SERVICE_STATES: tuple[str, ...] = ("ok", "degraded", "panic", "down")
@@ -61,7 +62,7 @@ def stats_json(stats: Stats) -> dict[str, int]:
     return {name: getattr(stats, name) for name in STATS_FIELDS}  # asdict() is 10x slower
 
 
-def daemon_status(daemon: Daemon) -> dict[str, Any]:
+def daemon_status(daemon: DaemonView) -> dict[str, Any]:
     """The daemon's own part: version, config, last reload, kernel, counters."""
     config = daemon.config
     return {
@@ -80,7 +81,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
     }
 
 
-def status(daemon: Daemon) -> dict[str, Any]:
+def status(daemon: DaemonView) -> dict[str, Any]:
     """The whole `GET /v1/status` document."""
     disabled = daemon.state.disabled() if daemon.state is not None else {}
     services = daemon.config.services if daemon.config is not None else ()
@@ -90,7 +91,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
     }
 
 
-def find_service(daemon: Daemon, name: str) -> dict[str, Any] | None:
+def find_service(daemon: DaemonView, name: str) -> dict[str, Any] | None:
     """One service's document (`GET /v1/services/{name}`), or None when it is not configured."""
     svc = daemon.config.by_name(name) if daemon.config is not None else None
     if svc is None:
@@ -99,11 +100,10 @@ def find_service(daemon: Daemon, name: str) -> dict[str, Any] | None:
     return service_status(daemon, svc, disabled)
 
 
-def service_status(daemon: Daemon, svc: ServiceConfig, disabled: set[str]) -> dict[str, Any]:
+def service_status(daemon: DaemonView, svc: ServiceConfig, disabled: set[str]) -> dict[str, Any]:
     observed = daemon.observed.get(svc.key)
     in_kernel = {d.key: d for d in observed.dests} if observed is not None else {}
-    membership = daemon.outcome.members.get(svc.name) if daemon.outcome is not None else None
-    panic = bool(membership and membership.panic)
+    panic = in_panic(daemon, svc.name)
     servers = [server_status(daemon, svc, s, in_kernel.get(s.key), disabled) for s in svc.servers]
     key = svc.key
     return {
@@ -117,9 +117,7 @@ def service_status(daemon: Daemon, svc: ServiceConfig, disabled: set[str]) -> di
         "scheduler": svc.scheduler,
         "flags": flag_names(svc.scheduler, svc.flags),
         "state": service_state(
-            bool(in_kernel),
-            panic,
-            all(s["health"] == "up" and s["in_kernel"] for s in servers if not s["disabled"]),
+            bool(in_kernel), panic, ((s["health"] == "up", s["in_kernel"], s["disabled"]) for s in servers)
         ),
         "panic": panic,
         "min_healthy": str(svc.min_healthy),
@@ -132,17 +130,28 @@ def service_status(daemon: Daemon, svc: ServiceConfig, disabled: set[str]) -> di
     }
 
 
-def service_state(any_in_kernel: bool, panic: bool, enabled_all_up: bool) -> ServiceState:
-    """The summary state from the facts it depends on (see the module docstring)."""
+def service_state(
+    any_in_kernel: bool, panic: bool, servers: Iterable[tuple[bool, bool, bool]]
+) -> ServiceState:
+    """The summary state (see the module docstring), for the status document and the metrics alike.
+
+    `servers` holds (up, in the kernel, disabled by an operator) for each configured server.
+    """
     if not any_in_kernel:
         return "down"
     if panic:
         return "panic"
-    return "ok" if enabled_all_up else "degraded"
+    return "ok" if all(off or (up and present) for up, present, off in servers) else "degraded"
+
+
+def in_panic(daemon: DaemonView, service: str) -> bool:
+    """Whether the last pass kept unhealthy servers of `service` in IPVS (the min-healthy guard)."""
+    membership = daemon.outcome.members.get(service) if daemon.outcome is not None else None
+    return bool(membership and membership.panic)
 
 
 def server_status(
-    daemon: Daemon, svc: ServiceConfig, server: ServerConfig, dest: Dest | None, disabled: set[str]
+    daemon: DaemonView, svc: ServiceConfig, server: ServerConfig, dest: Dest | None, disabled: set[str]
 ) -> dict[str, Any]:
     key = server.key
     health = daemon.health(svc.name, key)

@@ -6,8 +6,9 @@ itself (and the email package under it) is imported on the first request: mhctl'
 (check, plan, apply) register these commands but never pay for it (0.8 s of a cold `mhctl apply`
 in the emulated test VM).
 
-Exit statuses follow mhctl's: 0 success, 1 runtime failure (daemon not running, refused, timed out),
-2 invalid input (unknown service or server, a config file the daemon rejected on reload).
+A failure is a `ClientError` (exit 1: daemon not running, refused, timed out; exit 2 when `usage`:
+an unknown service or server, a bad --api) or `Rejected` (exit 2: the daemon rejected its config
+file on reload); `mhd.ctl.exits` turns them into the message and the exit status.
 """
 
 from __future__ import annotations
@@ -27,17 +28,23 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     import http.client
 
-DEFAULT_SOCKET = "/run/mhd/mhd.sock"
 TIMEOUT = 75.0  # seconds: a reload waits up to 60s for the daemon's loop
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class ClientError(Exception):
-    """A failure with a one-line message for the operator and an exit status."""
+    """A failure with a one-line message for the operator; `usage`: the operator's input was wrong."""
 
-    def __init__(self, message: str, exit_status: int = EXIT_FAIL) -> None:
+    def __init__(self, message: str, usage: bool = False) -> None:
         super().__init__(message)
-        self.exit_status = exit_status
+        self.usage = usage
+
+
+class Rejected(Exception):
+    """The daemon refused its config file on reload: `lines` say why, one problem a line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(lines[0] if lines else "rejected")
+        self.lines = lines
 
 
 def unix_connection(path: str, timeout: float) -> http.client.HTTPConnection:
@@ -70,9 +77,7 @@ def _unix_connection_class() -> Callable[[str, float], http.client.HTTPConnectio
 class Client:
     """One daemon endpoint: the unix socket by default, or an http(s) URL with an optional token."""
 
-    def __init__(
-        self, socket_path: str = DEFAULT_SOCKET, api: str | None = None, token: str | None = None
-    ) -> None:
+    def __init__(self, socket_path: str, api: str | None = None, token: str | None = None) -> None:
         self.socket_path = socket_path
         self.api = api
         self.token = token
@@ -88,7 +93,7 @@ class Client:
             return unix_connection(self.socket_path, TIMEOUT)
         url = urllib.parse.urlsplit(self.api)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ClientError(f"--api must be an http:// or https:// URL, not {self.api!r}", EXIT_USAGE)
+            raise ClientError(f"--api must be an http:// or https:// URL, not {self.api!r}", usage=True)
         if url.scheme == "https":
             return http.client.HTTPSConnection(url.hostname, url.port, timeout=TIMEOUT)
         return http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
@@ -140,17 +145,19 @@ def error_of(status: int, doc: Any) -> str:
 
 
 def client_from(args: argparse.Namespace) -> Client:
+    """The client of the daemon options; the token is the file's first non-blank line, as the
+    daemon reads its api.token-file."""
     token = None
     if args.token_file:
         try:
             with open(args.token_file) as f:
-                token = f.read().strip()
+                token = next((line.strip() for line in f if line.strip()), "")
         except OSError as exc:
             raise ClientError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
     return Client(args.socket, args.api, token)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace) -> None:
     code, doc = client_from(args).request("GET", "/v1/status")
     if code != 200:
         raise ClientError(error_of(code, doc))
@@ -158,60 +165,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
     else:
         sys.stdout.write(format_status(doc, Colors(use_color(sys.stdout))))
-    return EXIT_OK
 
 
-def cmd_reload(args: argparse.Namespace) -> int:
+def cmd_reload(args: argparse.Namespace) -> None:
     code, doc = client_from(args).request("POST", "/v1/reload")
     if code == 422 and isinstance(doc, dict):
-        print("reload rejected, the daemon keeps its running config:", file=sys.stderr)
-        for error in doc.get("errors") or [error_of(code, doc)]:
-            print(error, file=sys.stderr)
-        return EXIT_USAGE
+        errors = [str(e) for e in doc.get("errors") or [error_of(code, doc)]]
+        raise Rejected(["reload rejected, the daemon keeps its running config:", *errors])
     if code != 200:
         raise ClientError(error_of(code, doc))
     print(f"reloaded (sha256 {str(doc.get('sha256', ''))[:12]})")
-    return EXIT_OK
 
 
-def cmd_disable(args: argparse.Namespace) -> int:
+def cmd_disable(args: argparse.Namespace) -> None:
     verb = "disable" if args.command == "disable" else "enable"
     path = f"/v1/services/{quote(args.service)}/servers/{quote(args.server)}/{verb}"
     code, doc = client_from(args).request("POST", path)
     if code != 200:
-        raise ClientError(error_of(code, doc), EXIT_USAGE if code == 404 else EXIT_FAIL)
+        raise ClientError(error_of(code, doc), usage=code == 404)
     print(f"{doc['service']} {doc['server']}: {verb}d")
-    return EXIT_OK
-
-
-def run(func: Any, args: argparse.Namespace) -> int:
-    """Run a command; a ClientError is one line on stderr and its exit status."""
-    try:
-        return int(func(args))
-    except ClientError as exc:
-        print(f"mhctl: {exc}", file=sys.stderr)
-        return exc.exit_status
-
-
-def add_commands(sub: Any) -> None:
-    """Register status, reload, disable and enable on mhctl's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=DEFAULT_SOCKET, help=f"daemon socket (default {DEFAULT_SOCKET})")
-    common.add_argument("--api", help="talk to this URL instead, e.g. http://127.0.0.1:9180")
-    common.add_argument("--token-file", help="bearer token for --api (the daemon's api.token-file)")
-
-    def command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help, parents=[common])
-        p.set_defaults(func=lambda args: run(func, args))
-        return p
-
-    c = command("status", "services and servers of the running daemon", cmd_status)
-    c.add_argument("--json", action="store_true", help="the raw status document")
-    command("reload", "reload the daemon's config and wait for the result (exit 2: file invalid)", cmd_reload)
-    for verb in ("disable", "enable"):
-        c = command(verb, f"{verb} a server of a service (persists across restarts)", cmd_disable)
-        c.add_argument("service")
-        c.add_argument("server", help="10.0.0.1:80, 10.0.0.1 or [2001:db8::1]:80")
 
 
 # --- the human table ---------------------------------------------------------------------------------

@@ -12,45 +12,26 @@ import json
 import re
 import socket
 import sys
-from typing import TYPE_CHECKING
 
 from mhd import kernel
 from mhd.config.validate import Config, find_config, load
+from mhd.ctl.exits import UsageError
+from mhd.maglev import params
+from mhd.maglev.params import Model
 from mhd.model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
-
-if TYPE_CHECKING:  # the model pulls in numpy: imported when a command needs it, so mhctl starts fast
-    from mhd.maglev.predict import Model
 
 KEY_RE = re.compile(r"^(tcp|udp|sctp):(.+):(\d+)$|^fwmark:(\d+)(?:/(ipv4|ipv6))?$")
 
 
-class UsageError(Exception):
-    """Bad input from the operator (exit 2)."""
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    c = sub.add_parser("predict", help="which real server each client goes to (bit-exact with ip_vs_mh)")
-    c.add_argument("service", help="service name (from the config) or key such as udp:10.0.0.1:53")
-    c.add_argument("clients", nargs="*", help="addr or addr:port ([v6]:port); default: one per line on stdin")
-    c.add_argument("--config", help="predict from this config (all servers up) instead of the live kernel")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=cmd_predict)
-
-    c = sub.add_parser("table", help="each server's share of the Maglev table, and max/mean")
-    c.add_argument("service", help="service name (from the config) or key such as udp:10.0.0.1:53")
-    c.add_argument("--config", help="the table mhd would build from this config instead of the live one")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=cmd_table)
+def load_config(path: str) -> Config:
+    """The config at `path`, validated against this kernel's Maglev table size."""
+    return load(path, mh_slots=mh_table_size(kernel.mh_tab_index()[0]))
 
 
 def model_for(config: Config | None) -> Model:
     """Table size and variant: the config's overrides, else what the running kernel says."""
-    from mhd.maglev.predict import Model
-
     index = (config.kernel.mh_tab_index if config else None) or kernel.mh_tab_index()[0]
-    module = config.kernel.module if config else "auto"
-    variant = module if module in ("intree", "backport") else (kernel.mh_variant() or "intree")
-    return Model(index, variant)  # type: ignore[arg-type]
+    return params.model_for(config.kernel.module if config else "auto", kernel.mh_variant(), index)
 
 
 def _parse_key(text: str) -> ServiceKey | None:
@@ -76,7 +57,7 @@ async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
     from mhd.planner import canonical
 
     if args.config:
-        config = load(args.config, mh_slots=mh_table_size(kernel.mh_tab_index()[0]))
+        config = load_config(args.config)
         svc = config.by_name(args.service)
         if svc is None:
             key = _parse_key(args.service)
@@ -116,7 +97,7 @@ async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
     return svc_live, model_for(config_obj), name
 
 
-async def cmd_predict(args: argparse.Namespace) -> int:
+async def cmd_predict(args: argparse.Namespace) -> None:
     from mhd.maglev.predict import parse_client, predict
 
     lines = args.clients or [line for line in sys.stdin.read().split() if line]
@@ -138,10 +119,9 @@ async def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for c, p in zip(lines, picks, strict=True):
             print(f"{c} {p if p else '-'}")
-    return 0
 
 
-async def cmd_table(args: argparse.Namespace) -> int:
+async def cmd_table(args: argparse.Namespace) -> None:
     from mhd.maglev.predict import shares, table
 
     svc, model, name = await resolve(args)
@@ -150,14 +130,13 @@ async def cmd_table(args: argparse.Namespace) -> int:
     share = shares(svc, model)
     ratio = table(svc, model).max_mean_ratio()  # slots against each server's weighted fair share
     if args.json:
-        print(json.dumps({"service": name, "table_size": mh_table_size(model.tab_index), "variant": model.variant,
+        print(json.dumps({"service": name, "table_size": model.size, "variant": model.variant,
                           "servers": [{"server": str(k), "share": v} for k, v in share.items()],
                           "max_mean_ratio": ratio}))  # fmt: skip
-        return 0
+        return
     order = "canonical order, every server up" if args.config else "list order as in the kernel now"
-    print(f"{name} {svc.key}: {mh_table_size(model.tab_index)} slots ({model.variant} ip_vs_mh), {order}")
+    print(f"{name} {svc.key}: {model.size} slots ({model.variant} ip_vs_mh), {order}")
     for k, v in share.items():
         weight = next(d.weight for d in svc.dests if d.key == k)
         print(f"  {k!s:<40} weight {weight:<5} {v:7.2%}")
     print(f"max/mean (against each server's weighted fair share): {ratio:.3f}")
-    return 0

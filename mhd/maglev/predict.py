@@ -9,21 +9,13 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
-from mhd.maglev.table import Family, MaglevTable, MhDest, Variant, build_table, moved_fraction
+from mhd.maglev.params import Model as Model  # re-exported: callers of predict name the model here
+from mhd.maglev.table import Family, MaglevTable, MhDest, build_table, moved_fraction
 from mhd.model import MH_FALLBACK, MH_PORT, PROTOCOL_NAMES, DestKey, Service, ServiceKey, parse_ip
 from mhd.planner import Op, apply_ops
-
-
-@dataclass(frozen=True)
-class Model:
-    """The running kernel's Maglev parameters."""
-
-    tab_index: int = 12
-    variant: Variant = "intree"
 
 
 def table(svc: Service, model: Model) -> MaglevTable:

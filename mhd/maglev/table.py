@@ -51,8 +51,10 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from mhd.maglev.params import Variant
 from mhd.maglev.populate import populate
 from mhd.maglev.siphash import hsiphash, hsiphash_u32, hsiphash_u32_multi
+from mhd.model import MH_PRIMES
 
 __all__ = [
     "MAX_WEIGHT",
@@ -66,7 +68,7 @@ __all__ = [
 ]
 
 #: Table sizes for CONFIG_IP_VS_MH_TAB_INDEX = 8 .. 17 (``primes[]`` in ip_vs_mh.c).
-TAB_PRIMES: Final = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
+TAB_PRIMES: Final = MH_PRIMES
 
 #: The kernel stores weights in an ``int``; ip_vs_ctl.c rejects negative ones.
 MAX_WEIGHT: Final = 2**31 - 1
@@ -78,7 +80,6 @@ KEY_SKIP: Final = (2654446892, 2654446892)
 #: ``ip_vs_mh_get_port`` reads a port only for these; every other protocol hashes port 0.
 PORT_PROTOCOLS: Final = frozenset({"tcp", "udp", "sctp"})
 
-Variant = Literal["intree", "backport"]
 Bits = Literal[64, 32]
 Family = Literal[4, 6]
 

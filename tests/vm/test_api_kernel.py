@@ -335,7 +335,7 @@ def test_1000_concurrent_status_requests_do_not_delay_checks(lab: Lab, report: C
     assert busy.probes >= busy.slots - 2 * len(SERVERS) - 1, busy.describe()
     # The benchmark's target, p99 due-to-start lag <= 100 ms, read exactly from the bucket counts,
     # here too, where every loop iteration runs ~10-20x slower than on a host core: the API serves
-    # a bounded number of connections at a time (mhd.api.server.Admission), so no iteration holds the
+    # a bounded number of connections at a time (mhd.api.listeners.Admission), so no iteration holds the
     # whole burst (before that: p99 222 ms, 94.5 % within 100 ms in this VM).
     assert busy.share_within(LAG_TARGET) >= 0.99, busy.describe()
 
