@@ -26,7 +26,7 @@ import yaml
 
 from mhd.config.checkspec import CheckSpec
 from mhd.config.validate import Config, ServiceConfig, _Validator, load, validate
-from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate
+from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate, read
 from mhd.model import ServiceKey
 
 # An anchor (&a) or alias (*a) ties distant parts of the file together: no shortcut then. This also
@@ -79,10 +79,7 @@ class ConfigReloader:
     def load(self, path: str | Path) -> Config:
         """Read and validate `path`, like `mhd.config.validate.load`. Raises ConfigError listing every problem."""
         file = str(path)
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            return load(path, self.mh_slots)  # its error says what went wrong
+        data = read(path)
         sha256 = hashlib.sha256(data).hexdigest()
         last = self._last
         self.replaced = None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mhd.config.checkspec import CHECK_TYPES, CheckSpec
-from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse
+from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse, plain, read, shown
 from mhd.model import (
     FORWARD_METHODS,
     MH_FALLBACK,
@@ -42,6 +42,14 @@ DEFAULT_SOCKET = "/run/mhd/mhd.sock"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Every duration is finite and bounded (etc/mhd.yaml names the bounds): a NaN interval stops the
+# probes' shared timer heap, a tiny reconcile-interval spins a core on full dumps, and an infinite
+# or huge one means drift is never repaired.
+DURATION_BOUNDS = {
+    "reconcile-interval": (0.1, 3600.0),
+    "check.interval": (0.01, 3600.0),
+    "check.timeout": (0.001, 3600.0),
+}
 RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
 QTYPES = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "ANY")
 
@@ -179,10 +187,7 @@ def find_config(path: str | None) -> str:
 def load(path: str | Path, mh_slots: int | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError listing every problem."""
     file = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([Problem(file, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    data = read(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -285,7 +290,7 @@ class _Validator:
             if key not in allowed:
                 close = did_you_mean(key, allowed)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(allowed)}"
-                self.error(item, f"unknown key '{key}' in {what}{hint}", at_key=True)
+                self.error(item, f"unknown key {shown(key)} in {what}{hint}", at_key=True)
         return dict(node.value)
 
     def typed(self, node: Located, kind: type[T] | tuple[type, ...], what: str) -> T | None:
@@ -295,7 +300,7 @@ class _Validator:
             return None
         if not isinstance(value, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            self.error(node, f"{what} must be {_article(names)}, not {_kind(value)} ({value!r})")
+            self.error(node, f"{what} must be {_article(names)}, not {_kind(value)} ({shown(value)})")
             return None
         return value  # type: ignore[return-value]
 
@@ -304,7 +309,7 @@ class _Validator:
         if value is None:
             return None
         if not lo <= value <= hi:
-            self.error(node, f"{what} {value} is out of range {lo}..{hi}{hint}")
+            self.error(node, f"{what} {shown(value)} is out of range {lo}..{hi}{hint}")
             return None
         return value
 
@@ -315,10 +320,13 @@ class _Validator:
         elif isinstance(value, str) and (m := DURATION_RE.match(value)):
             seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
         else:
-            self.error(node, f"{what} must be a duration such as 500ms, 2s or 1m, not {value!r}")
+            self.error(node, f"{what} must be a duration such as 500ms, 2s or 1m, not {shown(value)}")
             return None
-        if seconds <= 0:
-            self.error(node, f"{what} must be greater than zero")
+        lo, hi = DURATION_BOUNDS[what]
+        if not lo <= seconds <= hi:  # also false for .nan
+            self.error(
+                node, f"{what} must be from {format_duration(lo)} to {format_duration(hi)}, not {shown(value)}"
+            )
             return None
         return seconds
 
@@ -326,9 +334,9 @@ class _Validator:
         value = node.value
         if isinstance(value, str) and value.lower() in choices:
             return value.lower()
-        close = did_you_mean(str(value), choices)
+        close = did_you_mean(value, choices) if isinstance(value, str) else []
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        self.error(node, f"{what} must be one of {', '.join(choices)}, not {value!r}{hint}")
+        self.error(node, f"{what} must be one of {', '.join(choices)}, not {shown(value)}{hint}")
         return None
 
     def boolean(self, node: Located, what: str) -> bool | None:
@@ -338,7 +346,7 @@ class _Validator:
         try:
             return parse_ip(str(node.value).strip())
         except ValueError:
-            self.error(node, f"{what} {node.value!r} is not an IPv4 or IPv6 address")
+            self.error(node, f"{what} {shown(node.value)} is not an IPv4 or IPv6 address")
             return None
 
     # top level ---------------------------------------------------------------------------------
@@ -384,18 +392,23 @@ class _Validator:
         api = ApiConfig()
         if "listen" in m:
             listen = m["listen"].value
-            if listen in (None, False, ""):
+            if listen is None or listen is False or listen == "":
                 api = replace(api, listen=None)
             elif isinstance(listen, str) and _parse_listen(listen) is not None:
                 api = replace(api, listen=listen)
             else:
                 self.error(
                     m["listen"],
-                    f"api.listen must be host:port such as 127.0.0.1:9180 or [::1]:9180, not {listen!r}",
+                    f"api.listen must be host:port such as 127.0.0.1:9180 or [::1]:9180, not {shown(listen)}",
                 )
         if "socket" in m:
             sock = m["socket"].value
-            api = replace(api, socket=None if sock in (None, False, "") else str(sock))
+            if sock is None or sock is False or sock == "":
+                api = replace(api, socket=None)
+            elif isinstance(sock, str) and "\0" not in sock:
+                api = replace(api, socket=sock)
+            else:
+                self.error(m["socket"], f"api.socket must be a path such as /run/mhd/mhd.sock, or empty, not {shown(sock)}")
         if "socket-mode" in m:
             mode = m["socket-mode"].value
             if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3}", mode.strip()):
@@ -403,7 +416,7 @@ class _Validator:
             else:  # an unquoted 0660 is YAML 1.1 octal (432): require the quoted form, unambiguous
                 self.error(
                     m["socket-mode"],
-                    f'api.socket-mode must be a quoted octal mode such as "0660", not {mode!r}',
+                    f'api.socket-mode must be a quoted octal mode such as "0660", not {shown(mode)}',
                 )
         if "socket-group" in m:
             api = replace(api, socket_group=self.typed(m["socket-group"], str, "api.socket-group"))
@@ -438,7 +451,7 @@ class _Validator:
             if sched is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", sched):
                 self.error(
                     merged["scheduler"],
-                    f"scheduler {sched!r} is not an IPVS scheduler name (mh, wrr, rr, ...)",
+                    f"scheduler {shown(sched)} is not an IPVS scheduler name (mh, wrr, rr, ...)",
                 )
             elif sched == NO_SCHEDULER:
                 self.error(
@@ -475,7 +488,7 @@ class _Validator:
         name = m["name"].value
         if not isinstance(name, str) or not NAME_RE.match(name):
             self.error(
-                m["name"], f"name {name!r} must match [a-z0-9][a-z0-9_.-]* (lower case, digits, _ . -)"
+                m["name"], f"name {shown(name)} must match [a-z0-9][a-z0-9_.-]* (lower case, digits, _ . -)"
             )
             return None
         return name
@@ -525,7 +538,7 @@ class _Validator:
             if pct <= 100:
                 return MinHealthy(percent=pct)
         self.error(
-            node, f'min-healthy must be a count (such as 2) or a percentage (such as "50%"), not {value!r}'
+            node, f'min-healthy must be a count (such as 2) or a percentage (such as "50%"), not {shown(value)}'
         )
         return MinHealthy()
 
@@ -573,7 +586,10 @@ class _Validator:
         if isinstance(node.value, str):
             parsed = _parse_endpoint(node.value, default_port)
             if parsed is None:
-                self.error(node, f"server {node.value!r} is not address, address:port or [v6address]:port")
+                self.error(node, f"server {shown(node.value)} is not address, address:port or [v6address]:port")
+                return None
+            if parsed[1] == 0 and not (key and key.fwmark):  # as the mapping form: port 0 is fwmark's
+                self.error(node, f"server {shown(node.value)}: port 0 is only for fwmark services; give 1..65535")
                 return None
             return ServerConfig(parsed[0], parsed[1], 1, forward, check)
         m = self.mapping(node, SERVER_KEYS, "a server")
@@ -687,7 +703,7 @@ class _Validator:
     def path(self, node: Located) -> str | None:
         path = self.typed(node, str, "check.path")
         if path is not None and not path.startswith("/"):
-            self.error(node, f"check.path must start with /, such as /healthz (got {path!r})")
+            self.error(node, f"check.path must start with /, such as /healthz (got {shown(path)})")
             return None
         return path
 
@@ -695,12 +711,12 @@ class _Validator:
         items = node.value if isinstance(node.value, list) else [node]
         ranges: list[tuple[int, int]] = []
         for item in items:
-            text = str(item.value).strip()
+            text = str(plain(item.value)).strip()
             m = re.fullmatch(r"(\d{3})(?:\s*-\s*(\d{3}))?", text)
             if not m or not 100 <= int(m.group(1)) <= int(m.group(2) or m.group(1)) <= 599:
                 self.error(
                     item,
-                    f"check.expect-status {text!r} must be a status (200) or a range (200-399) within 100-599",
+                    f"check.expect-status {shown(text)} must be a status (200) or a range (200-399) within 100-599",
                 )
                 return None
             ranges.append((int(m.group(1)), int(m.group(2) or m.group(1))))
@@ -742,6 +758,14 @@ class _Validator:
                 names.setdefault(name, node)
             if key is not None:
                 keys.setdefault(key, (name, node))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the config writes them: 100ms, 2s, 1m, 1h."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> list[str]:
