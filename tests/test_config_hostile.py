@@ -28,7 +28,11 @@ def problems(text: str) -> list[str]:
 def mhctl_check(path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "mhd.ctl", "check", str(path)], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "mhd.ctl", "check", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
@@ -100,7 +104,9 @@ def test_the_duration_bounds_are_named_in_the_message_and_in_the_example_config(
 
 
 def test_durations_at_the_bounds_are_accepted() -> None:
-    config = loads(f"reconcile-interval: 100ms\ndefaults: {{check: {{interval: 1h, timeout: 1ms}}}}\n{SERVICE}")
+    config = loads(
+        f"reconcile-interval: 100ms\ndefaults: {{check: {{interval: 1h, timeout: 1ms}}}}\n{SERVICE}"
+    )
     assert config.reconcile_interval == 0.1
     assert (config.services[0].check.interval, config.services[0].check.timeout) == (3600.0, 0.001)
 
@@ -147,7 +153,9 @@ def test_a_file_over_the_size_bound_is_refused_without_reading_it(tmp_path: Path
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo", "dir"])
-def test_mhctl_check_of_a_device_a_fifo_or_a_directory_does_not_read_forever(tmp_path: Path, special: str) -> None:
+def test_mhctl_check_of_a_device_a_fifo_or_a_directory_does_not_read_forever(
+    tmp_path: Path, special: str
+) -> None:
     path = Path(special) if special.startswith("/") else tmp_path / special
     if special == "fifo":
         os.mkfifo(path)  # no writer: a blocking open would wait forever
@@ -160,8 +168,12 @@ def test_mhctl_check_of_a_device_a_fifo_or_a_directory_does_not_read_forever(tmp
 
 def test_nul_and_control_characters_are_reported_at_their_line() -> None:
     out = problems("services: []\n\n\nstate-dir: /var/\x00lib\n")
-    assert out == ["t.yaml:4:17: character U+0000 is not allowed in YAML (control characters are not allowed): remove it"]
-    out = problems("# café\nservices: []\nstate-dir: é\x07\n")  # libyaml counts bytes: the line is right anyway
+    assert out == [
+        "t.yaml:4:17: character U+0000 is not allowed in YAML (control characters are not allowed): remove it"
+    ]
+    out = problems(
+        "# café\nservices: []\nstate-dir: é\x07\n"
+    )  # libyaml counts bytes: the line is right anyway
     assert out[0].startswith("t.yaml:3:13: character U+0007")
 
 
@@ -170,7 +182,9 @@ def test_port_0_in_the_short_form_is_refused_like_in_the_mapping_form() -> None:
     assert out == [
         "t.yaml:1:61: services[0].servers[0]: server '10.1.0.1:0': port 0 is only for fwmark services; give 1..65535"
     ]
-    mapping = problems("services: [{name: a, address: 10.0.0.1, port: 80, servers: [{address: 10.1.0.1, port: 0}]}]")
+    mapping = problems(
+        "services: [{name: a, address: 10.0.0.1, port: 80, servers: [{address: 10.1.0.1, port: 0}]}]"
+    )
     assert "out of range 1..65535" in mapping[0]
     fwmark = loads('services: [{name: m, fwmark: 3, servers: ["10.1.0.1:0", "10.1.0.2"]}]')
     assert [s.port for s in fwmark.services[0].servers] == [0, 0]
