@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mhd import __version__, kernel, sdnotify
-from mhd.config.reload import ConfigReloader, Replaced
+from mhd.config.diff import Replaced, changed_services, replaced_services
+from mhd.config.reload import ConfigReloader
 from mhd.config.validate import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
 from mhd.config.yamlsource import ConfigError
 from mhd.health import Health, Transition
@@ -52,7 +53,10 @@ class ReloadResult:
 
 
 def targets(services: Iterable[ServiceConfig]) -> dict[tuple[str, DestKey], Target]:
-    """One health target per (service, server), with the server's merged check."""
+    """One health target per (service, server), with the server's merged check.
+
+    Here in the shell rather than with the pure diff helpers (`mhd.config.diff`): `Target` is the
+    prober's type, and the core imports no probing module."""
     return {
         (svc.name, s.key): Target(svc.name, str(s.address), s.port, s.check)
         for svc in services
@@ -469,25 +473,6 @@ class Daemon:
             self.state.unlock()
         log.info("stopped; IPVS left as it is")
         return 0
-
-
-def replaced_services(old: Config, new: Config) -> Replaced:
-    """The services of `old` that `new` does not hold as the very same object, and the new ones.
-
-    An incremental load (`mhd.config.reload`) reuses every service it did not re-read, so this is
-    the edit, found without hashing 1,000 keys; after a full load it is every service."""
-    kept = {id(s) for s in old.services} & {id(s) for s in new.services}
-    return tuple(s for s in old.services if id(s) not in kept), tuple(s for s in new.services if id(s) not in kept)
-
-
-def changed_services(
-    old: Config, new: Config, replaced: Replaced | None = None
-) -> set[ServiceKey]:
-    """Keys of the services a reload adds, removes or changes: what a scoped pass must look at."""
-    gone, came = replaced or replaced_services(old, new)
-    before = {s.key: s for s in gone}
-    after = {s.key: s for s in came}
-    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mhd.config.diff import changed_services
 from mhd.config.validate import load
-from mhd.daemon import Daemon, ReloadResult, changed_services, targets
+from mhd.daemon import Daemon, ReloadResult, targets
 from mhd.kernel import KernelInfo
 from mhd.planner import apply_ops
 from mhd.state import StateDir

@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -205,15 +205,37 @@ def loads(text: str, file: str = "<config>", mh_slots: int | None = None, sha256
         return validate(parse(text, file), file, mh_slots, sha256 or hashlib.sha256(text.encode()).hexdigest())[0]
 
 
-def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, _Validator]:
-    """The config of a parsed file, and the validator that holds what services inherit (defaults,
-    default check, MH slots): `mhd.config.reload` validates edited services against it alone."""
+@dataclass(frozen=True)
+class Inherited:
+    """What every service of a file inherits from the rest of it: the `defaults` block, the default
+    check built from it, and the MH table size (which `kernel.mh-tab-index` may set). An edited
+    service validated against this alone is what a full load of the edited file makes of it."""
+
+    defaults: dict[str, Located]
+    check: CheckSpec
+    mh_slots: int | None
+
+
+def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, Inherited]:
+    """The config of a parsed file, and what its services inherit (for `validate_services`)."""
     v = _Validator(file, mh_slots)
     config = v.config(root, sha256)
     if v.problems:
         raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
     assert config is not None
-    return config, v
+    return config, Inherited(v.defaults, v.default_check, v.mh_slots)
+
+
+def validate_services(items: Sequence[Located], file: str, inherited: Inherited) -> tuple[ServiceConfig, ...]:
+    """Items of a `services` list validated on their own against what they inherit (the seam that
+    `mhd.config.reload` re-reads an edit through). Raises ConfigError; names and virtual services
+    are not compared with the rest of the file: the caller does that."""
+    v = _Validator(file, inherited.mh_slots)
+    v.defaults, v.default_check = inherited.defaults, inherited.check
+    services = tuple(s for item in items if (s := v.service(item, inherited.defaults)) is not None)
+    if v.problems or len(services) != len(items):
+        raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
+    return services
 
 
 # --- validation -------------------------------------------------------------------------------------
