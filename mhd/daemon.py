@@ -26,8 +26,9 @@ from typing import Any
 
 from mhd import __version__, kernel, sdnotify
 from mhd.config.diff import Replaced, changed_services, replaced_services
+from mhd.config.records import Config, ServiceConfig
 from mhd.config.reload import ConfigReloader
-from mhd.config.validate import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
+from mhd.config.validate import DEFAULT_CONFIGS, find_config
 from mhd.config.yamlsource import ConfigError
 from mhd.health import Health, Transition
 from mhd.ipvs import IpvsClient

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mhd.config.records import Config
 from mhd.config.reload import ConfigReloader
-from mhd.config.validate import Config, load
+from mhd.config.validate import load
 from mhd.config.yamlsource import ConfigError
 
 

@@ -45,7 +45,7 @@ from mhd.api.status import SERVICE_STATES, service_state
 from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 
 if TYPE_CHECKING:
-    from mhd.config.validate import Config, ServiceConfig
+    from mhd.config.records import Config, ServiceConfig
     from mhd.daemon import Daemon, ReloadResult
     from mhd.probing.checkers import CheckResult
     from mhd.probing.prober import CheckKey, Target

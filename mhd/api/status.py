@@ -30,7 +30,7 @@ from mhd.model import (
 )
 
 if TYPE_CHECKING:
-    from mhd.config.validate import ServerConfig, ServiceConfig
+    from mhd.config.records import ServerConfig, ServiceConfig
     from mhd.daemon import Daemon
 
 ServiceState = Literal["ok", "degraded", "panic", "down"]

@@ -7,7 +7,7 @@ follows the edit and not the number of servers.
 
 from __future__ import annotations
 
-from mhd.config.validate import Config, ServiceConfig
+from mhd.config.records import Config, ServiceConfig
 from mhd.model import ServiceKey
 
 # The services a reload dropped and those it brought (changed ones appear in both).

@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from mhd.config.diff import Replaced
-from mhd.config.validate import Config, Inherited, ServiceConfig, load, validate, validate_services
+from mhd.config.records import Config, ServiceConfig
+from mhd.config.validate import Inherited, load, validate, validate_services
 from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate, read
 from mhd.model import ServiceKey
 

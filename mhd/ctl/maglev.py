@@ -15,7 +15,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from mhd import kernel
-from mhd.config.validate import Config, find_config, load
+from mhd.config.records import Config
+from mhd.config.validate import find_config, load
 from mhd.model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
 
 if TYPE_CHECKING:  # the model pulls in numpy: imported when a command needs it, so mhctl starts fast

@@ -15,7 +15,8 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from mhd import __version__, kernel
-from mhd.config.validate import Config, load
+from mhd.config.records import Config
+from mhd.config.validate import load
 from mhd.config.yamlsource import ConfigError
 from mhd.ctl import client
 from mhd.ctl import maglev as ctl_maglev
