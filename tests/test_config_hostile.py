@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mhd.config.validate import DURATION_BOUNDS, format_duration, load, loads
+from mhd.config.fields import DURATION_BOUNDS, format_duration
+from mhd.config.validate import load, loads
 from mhd.config.yamlsource import MAX_BYTES, MAX_NODES, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,9 @@ def replaced_services(old: Config, new: Config) -> Replaced:
     An incremental load (`mhd.config.reload`) reuses every service it did not re-read, so this is
     the edit, found without hashing 1,000 keys; after a full load it is every service."""
     kept = {id(s) for s in old.services} & {id(s) for s in new.services}
-    return tuple(s for s in old.services if id(s) not in kept), tuple(s for s in new.services if id(s) not in kept)
+    return tuple(s for s in old.services if id(s) not in kept), tuple(
+        s for s in new.services if id(s) not in kept
+    )
 
 
 def changed_services(old: Config, new: Config, replaced: Replaced | None = None) -> set[ServiceKey]:

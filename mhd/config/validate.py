@@ -12,13 +12,12 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
 
-from mhd.config.checkspec import CHECK_TYPES, CheckSpec
+from mhd.config.checks import CheckReader
+from mhd.config.checkspec import CheckSpec
 from mhd.config.records import (
     DEFAULT_STATE_DIR,
     ApiConfig,
@@ -28,7 +27,7 @@ from mhd.config.records import (
     ServerConfig,
     ServiceConfig,
 )
-from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse, plain, read, shown
+from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse, read, shown
 from mhd.model import (
     FORWARD_METHODS,
     MH_FALLBACK,
@@ -39,25 +38,10 @@ from mhd.model import (
     IPAddress,
     ServiceKey,
     mh_table_size,
-    parse_ip,
 )
 
 DEFAULT_CONFIGS = ("/etc/mhd/mhd.yaml", "/etc/mhd.yaml")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-# Every duration is finite and bounded (etc/mhd.yaml names the bounds): a NaN interval stops the
-# probes' shared timer heap, a tiny reconcile-interval spins a core on full dumps, and an infinite
-# or huge one means drift is never repaired.
-DURATION_BOUNDS = {
-    "reconcile-interval": (0.1, 3600.0),
-    "check.interval": (0.01, 3600.0),
-    "check.timeout": (0.001, 3600.0),
-}
-RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
-QTYPES = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "ANY")
-
-T = TypeVar("T")
 
 
 def find_config(path: str | None) -> str:
@@ -143,116 +127,15 @@ DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "c
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
 API_KEYS = ("listen", "socket", "socket-mode", "socket-group", "token-file")
 KERNEL_KEYS = ("module", "mh-tab-index")
-CHECK_KEYS = (
-    "type",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "port",
-    "source-address",
-    "initial-state",
-    "method",
-    "path",
-    "host",
-    "expect-status",
-    "body-regex",
-    "tls-verify",
-    "sni",
-    "client-cert",
-    "client-key",
-    "payload",
-    "expect",
-    "query-name",
-    "query-type",
-    "expect-rcode",
-    "command",
-)
-CHECK_FIELDS = {k: k.replace("-", "_") for k in CHECK_KEYS} | {"expect": "expect_regex"}
-
-
-class _Validator:
+class _Validator(CheckReader):
     """Walks the located tree once, collecting every problem instead of stopping at the first."""
 
     def __init__(self, file: str, mh_slots: int | None) -> None:
-        self.file = file
+        super().__init__(file)
         self.mh_slots = mh_slots
-        self.problems: list[Problem] = []
         self.default_check = CheckSpec()
         self.defaults: dict[str, Located] = {}
         self.identities: list[tuple[str | None, ServiceKey | None, Located]] = []
-
-    # helpers ------------------------------------------------------------------------------------
-    def error(self, node: Located, message: str, *, at_key: bool = False) -> None:
-        line, col = (node.key_line, node.key_column) if at_key and node.key_line else (node.line, node.column)
-        self.problems.append(Problem(self.file, line, col, node.path, message))
-
-    def mapping(self, node: Located, allowed: tuple[str, ...], what: str) -> dict[str, Located] | None:
-        if not isinstance(node.value, dict):
-            self.error(node, f"{what} must be a mapping (key: value), not {_kind(node.value)}")
-            return None
-        for key, item in node.value.items():
-            if key not in allowed:
-                close = did_you_mean(key, allowed)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(allowed)}"
-                self.error(item, f"unknown key {shown(key)} in {what}{hint}", at_key=True)
-        return dict(node.value)
-
-    def typed(self, node: Located, kind: type[T] | tuple[type, ...], what: str) -> T | None:
-        value = node.value
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            self.error(node, f"{what} must be a number, not a boolean")
-            return None
-        if not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            self.error(node, f"{what} must be {_article(names)}, not {_kind(value)} ({shown(value)})")
-            return None
-        return value  # type: ignore[return-value]
-
-    def integer(self, node: Located, what: str, lo: int, hi: int, hint: str = "") -> int | None:
-        value = self.typed(node, int, what)
-        if value is None:
-            return None
-        if not lo <= value <= hi:
-            self.error(node, f"{what} {shown(value)} is out of range {lo}..{hi}{hint}")
-            return None
-        return value
-
-    def duration(self, node: Located, what: str) -> float | None:
-        value = node.value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := DURATION_RE.match(value)):
-            seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
-        else:
-            self.error(node, f"{what} must be a duration such as 500ms, 2s or 1m, not {shown(value)}")
-            return None
-        lo, hi = DURATION_BOUNDS[what]
-        if not lo <= seconds <= hi:  # also false for .nan
-            self.error(
-                node, f"{what} must be from {format_duration(lo)} to {format_duration(hi)}, not {shown(value)}"
-            )
-            return None
-        return seconds
-
-    def choice(self, node: Located, what: str, choices: tuple[str, ...]) -> str | None:
-        value = node.value
-        if isinstance(value, str) and value.lower() in choices:
-            return value.lower()
-        close = did_you_mean(value, choices) if isinstance(value, str) else []
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        self.error(node, f"{what} must be one of {', '.join(choices)}, not {shown(value)}{hint}")
-        return None
-
-    def boolean(self, node: Located, what: str) -> bool | None:
-        return self.typed(node, bool, what)
-
-    def address(self, node: Located, what: str) -> IPAddress | None:
-        try:
-            return parse_ip(str(node.value).strip())
-        except ValueError:
-            self.error(node, f"{what} {shown(node.value)} is not an IPv4 or IPv6 address")
-            return None
 
     # top level ---------------------------------------------------------------------------------
     def config(self, root: Located, sha256: str) -> Config | None:
@@ -528,121 +411,6 @@ class _Validator:
             return None
         return ServerConfig(addr, port, weight, forward, check)
 
-    # checks -------------------------------------------------------------------------------------
-    def check(self, node: Located | None, base: CheckSpec) -> CheckSpec:
-        """A check block merged key by key over `base` (defaults -> service -> server)."""
-        if node is None:
-            return base
-        m = self.mapping(node, CHECK_KEYS, "check")
-        if m is None:
-            return base
-        start = len(self.problems)
-        fields: dict[str, Any] = {}
-        for key, item in m.items():
-            parser = self._check_fields.get(key)
-            if parser is not None:
-                value = parser(item)
-                if value is not None:
-                    fields[CHECK_FIELDS[key]] = value
-        if len(self.problems) > start:
-            return base
-        spec = replace(base, **fields)
-        if spec.timeout >= spec.interval:
-            self.error(
-                m.get("timeout") or m.get("interval") or node,
-                f"check timeout ({spec.timeout:g}s) must be shorter than its interval ({spec.interval:g}s)",
-            )
-        if spec.type == "exec" and not spec.command:
-            self.error(node, 'an exec check needs command: ["/path/to/script", "arg"]')
-        return spec
-
-    @cached_property
-    def _check_fields(self) -> dict[str, Callable[[Located], Any]]:
-        """Built once per validator: a file has a check block per service, often per server."""
-        def regex(what: str) -> Callable[[Located], Any]:
-            def parse_regex(n: Located) -> Any:
-                text = self.typed(n, str, what)
-                if text is None:
-                    return None
-                try:
-                    re.compile(text)
-                except re.error as exc:
-                    self.error(n, f"{what} is not a valid regular expression: {exc}")
-                    return None
-                return text.encode() if what == "expect" else text
-
-            return parse_regex
-
-        return {
-            "type": lambda n: self.choice(n, "check.type", CHECK_TYPES),
-            "interval": lambda n: self.duration(n, "check.interval"),
-            "timeout": lambda n: self.duration(n, "check.timeout"),
-            "rise": lambda n: self.integer(n, "check.rise", 1, 100),
-            "fall": lambda n: self.integer(n, "check.fall", 1, 100),
-            "port": lambda n: self.integer(n, "check.port", 1, 65535),
-            "source-address": lambda n: (a := self.address(n, "check.source-address")) and str(a),
-            "initial-state": lambda n: self.choice(n, "check.initial-state", ("up", "down")),
-            "method": lambda n: (self.choice(n, "check.method", ("get", "head")) or "").upper() or None,
-            "path": lambda n: self.path(n),
-            "host": lambda n: self.typed(n, str, "check.host"),
-            "expect-status": lambda n: self.statuses(n),
-            "body-regex": regex("check.body-regex"),
-            "tls-verify": lambda n: self.boolean(n, "check.tls-verify"),
-            "sni": lambda n: self.typed(n, str, "check.sni"),
-            "client-cert": lambda n: self.typed(n, str, "check.client-cert"),
-            "client-key": lambda n: self.typed(n, str, "check.client-key"),
-            "payload": lambda n: (
-                ((p := self.typed(n, str, "check.payload")) is not None and p.encode()) or None
-            ),
-            "expect": regex("expect"),
-            "query-name": lambda n: self.typed(n, str, "check.query-name"),
-            "query-type": lambda n: (
-                (self.choice(n, "check.query-type", tuple(q.lower() for q in QTYPES)) or "").upper() or None
-            ),
-            "expect-rcode": lambda n: (
-                (self.choice(n, "check.expect-rcode", tuple(r.lower() for r in RCODES)) or "").upper() or None
-            ),
-            "command": lambda n: self.command(n),
-        }
-
-    def path(self, node: Located) -> str | None:
-        path = self.typed(node, str, "check.path")
-        if path is not None and not path.startswith("/"):
-            self.error(node, f"check.path must start with /, such as /healthz (got {shown(path)})")
-            return None
-        return path
-
-    def statuses(self, node: Located) -> tuple[tuple[int, int], ...] | None:
-        items = node.value if isinstance(node.value, list) else [node]
-        ranges: list[tuple[int, int]] = []
-        for item in items:
-            text = str(plain(item.value)).strip()
-            m = re.fullmatch(r"(\d{3})(?:\s*-\s*(\d{3}))?", text)
-            if not m or not 100 <= int(m.group(1)) <= int(m.group(2) or m.group(1)) <= 599:
-                self.error(
-                    item,
-                    f"check.expect-status {shown(text)} must be a status (200) or a range (200-399) within 100-599",
-                )
-                return None
-            ranges.append((int(m.group(1)), int(m.group(2) or m.group(1))))
-        return tuple(ranges)
-
-    def command(self, node: Located) -> tuple[str, ...] | None:
-        value = node.value
-        if isinstance(value, str):
-            import shlex  # exec checks only
-
-            argv = shlex.split(value)
-        elif isinstance(value, list) and all(isinstance(i.value, str | int) for i in value):
-            argv = [str(i.value) for i in value]
-        else:
-            self.error(node, "check.command must be a list of strings (argv) or a command line string")
-            return None
-        if not argv:
-            self.error(node, "check.command is empty")
-            return None
-        return tuple(argv)
-
     # across services ----------------------------------------------------------------------------
     def cross_check(self) -> None:
         """Names and virtual services must be unique; checked even for services with other errors."""
@@ -663,39 +431,6 @@ class _Validator:
                 names.setdefault(name, node)
             if key is not None:
                 keys.setdefault(key, (name, node))
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as the config writes them: 100ms, 2s, 1m, 1h."""
-    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds * 1000:g}ms"
-
-
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> list[str]:
-    """The closest choice, if any is close (difflib is imported only when a config has a typo)."""
-    import difflib
-
-    return difflib.get_close_matches(word, choices, n=1)
-
-
-def _kind(value: object) -> str:
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "empty",
-    }.get(type(value), type(value).__name__)
-
-
-def _article(name: str) -> str:
-    return {"str": "a string", "int": "a whole number", "bool": "true or false", "float": "a number"}.get(
-        name, name
-    )
 
 
 def _parse_endpoint(text: str, default_port: int) -> tuple[IPAddress, int] | None:

@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -268,11 +268,10 @@ class _Builder:
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         self.left -= 1
         if self.left < 0:  # stop at once: going on is what costs minutes and gigabytes
-            msg = (
-                f"this file expands to more than {MAX_NODES:,} values (aliases that repeat aliases?): "
-                "write the repeated parts out, or split the file"
-            )
-            raise ConfigError([*self.problems, Problem(self.file, line, col, path, msg)])
+            self.exhausted(line, col, path)
+        if node.__class__ is yaml.ScalarNode:  # most nodes, and most of them plain strings
+            tag = _implicit_tag(node.value) if node.tag == _PLAIN else node.tag
+            return Located(node.value if tag == _STR else self.scalar(node, tag, path), line, col, path)
         if depth > MAX_DEPTH:
             self.problem(node, path, f"nested more than {MAX_DEPTH} levels deep (an alias inside its own anchor?)")
             return Located(None, line, col, path)
@@ -280,20 +279,28 @@ class _Builder:
             if node.tag != _MAP:
                 self.problem(node, path, f"the tag {short_tag(node.tag)} is not supported on a mapping: remove it")
             return Located(self.mapping(node, path, depth), line, col, path)
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ:
-                self.problem(node, path, f"the tag {short_tag(node.tag)} is not supported on a list: remove it")
-            items = [self.convert(n, f"{path}[{i}]", depth + 1) for i, n in enumerate(node.value)]
-            return Located(items, line, col, path)
-        return Located(self.scalar(node, path), line, col, path)
+        if node.tag != _SEQ:
+            self.problem(node, path, f"the tag {short_tag(node.tag)} is not supported on a list: remove it")
+        items = [self.convert(n, f"{path}[{i}]", depth + 1) for i, n in enumerate(node.value)]
+        return Located(items, line, col, path)
+
+    def exhausted(self, line: int, col: int, path: str) -> NoReturn:
+        msg = (
+            f"this file expands to more than {MAX_NODES:,} values (aliases that repeat aliases?): "
+            "write the repeated parts out, or split the file"
+        )
+        raise ConfigError([*self.problems, Problem(self.file, line, col, path, msg)])
 
     def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Located]:
         out: dict[str, Located] = {}
         for key_node, value_node in node.value:
-            raw = self.convert(key_node, path, depth + 1).value
-            if isinstance(raw, dict | list):
-                self.problem(key_node, path, f"a key must be a plain value, not {shown(raw)}")
-            key = str(plain(raw))
+            if key_node.__class__ is yaml.ScalarNode and key_node.tag == _PLAIN and _implicit_tag(key_node.value) == _STR:
+                key = key_node.value  # the usual key: a plain string, no Located needed
+            else:
+                raw = self.convert(key_node, path, depth + 1).value
+                if isinstance(raw, dict | list):
+                    self.problem(key_node, path, f"a key must be a plain value, not {shown(raw)}")
+                key = str(plain(raw))
             sub = f"{path}.{key}" if path else key
             if key in out:
                 self.problem(key_node, sub, "duplicate key: remove one of the two")
@@ -302,11 +309,9 @@ class _Builder:
             out[key] = item
         return out
 
-    def scalar(self, node: yaml.Node, path: str) -> Any:
+    def scalar(self, node: yaml.Node, tag: str, path: str) -> Any:
+        """A scalar that is not a string: typed by its tag, or a problem and None."""
         explicit = node.tag != _PLAIN
-        tag = node.tag if explicit else _implicit_tag(node.value)
-        if tag == _STR:  # most values: skip the constructor machinery
-            return node.value
         value = node.value
         if tag == _INT and value.isascii() and value.isdigit() and (value[0] != "0" or value == "0") and len(value) < 100:
             return int(value)  # not octal, not too long for int() (Python refuses 4,300 digits)
