@@ -197,8 +197,11 @@ class Daemon:
 
         The parse is bounded (MAX_BYTES, MAX_NODES in `mhd.config.yamlsource`), but a file near the
         bounds still takes seconds; on the event loop that would stall the probes, the API and the
-        watchdog pings for as long. The thread shares only the reloader, which nothing else uses
-        while the main loop awaits it; the new config is adopted back on the loop."""
+        watchdog pings for as long. In a thread the loop still runs: the interpreter hands it the
+        GIL every switch interval (5 ms), even during libyaml's compose, which calls the Python
+        resolver once per node (the test has the load wait for the loop). The thread shares only
+        the reloader, which nothing else uses while the main loop awaits it; the new config is
+        adopted back on the loop."""
         self._notify_reloading()
         started = time.monotonic()
         return self._reloaded(await asyncio.to_thread(self._load_or_errors), started)
