@@ -229,3 +229,16 @@ def test_no_message_shows_an_internal_repr(template: str) -> None:
     for value in NESTED:
         for p in problems(template % value):
             assert "Located" not in p and "line=" not in p, p
+
+
+def test_an_unquoted_date_is_shown_as_written() -> None:
+    out = problems(
+        "services: [{name: 2001-12-14, address: 2001-12-14 10:00:00, port: 80}]\nstate-dir: 2001-12-14"
+    )
+    assert "t.yaml:1:19: services[0].name: name '2001-12-14' must match" in out[0]
+    assert "address '2001-12-14 10:00:00' is not an IPv4 or IPv6 address" in out[1]
+    assert (
+        out[2]
+        == "t.yaml:2:12: state-dir: state-dir must be a string, not a date (quote it to make it a string) ('2001-12-14')"
+    )
+    assert not any("datetime" in p for p in out)

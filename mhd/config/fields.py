@@ -8,6 +8,7 @@ instead of raising, so that one pass over a file collects every problem. `mhd.co
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import TypeVar
 
 from mhd.config.yamlsource import Located, Problem, shown
@@ -130,7 +131,10 @@ def _kind(value: object) -> str:
         int: "a number",
         float: "a number",
         type(None): "empty",
-    }.get(type(value), type(value).__name__)
+    }.get(
+        type(value),
+        "a date (quote it to make it a string)" if isinstance(value, date) else type(value).__name__,
+    )
 
 
 def _article(name: str) -> str:

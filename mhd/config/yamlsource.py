@@ -8,6 +8,7 @@ the marks; this module keeps them instead of throwing them away as `safe_load` d
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import gc
 import os
@@ -244,6 +245,8 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [plain(v) for v in value]
+    if isinstance(value, datetime.date):  # an unquoted 2001-12-14 is a YAML timestamp
+        return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
     return value
 
 
