@@ -84,6 +84,15 @@ EDIT_LINES = [
     "    address: 10.1.0.1",
     "    # ünïcode ✓",
     '    name: "s-ü"',
+    # hostile values inside one service: the shortcut must fail exactly as the full load does
+    "      - {address: 10.9.9.9, weight: !!int abc}",
+    "    port: !!timestamp abc",
+    "    check: {type: tcp, interval: .nan}",
+    "    check: {type: tcp, timeout: .inf}",
+    "    servers: [10.1.0.9:0]",
+    "    address: 10.1.0.\x00",
+    "    name: !foo x",
+    "    servers: !!set {a}",
 ]
 
 
