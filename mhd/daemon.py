@@ -187,13 +187,8 @@ class Daemon:
         self._wake.set()
         return future
 
-    def _reload(self) -> ReloadResult:
-        """Reload now, on the calling thread (the main loop uses `_reload_in_worker`)."""
-        self._notify_reloading()
-        return self._reloaded(self._load_or_errors(), time.monotonic())
-
-    async def _reload_in_worker(self) -> ReloadResult:
-        """Reload with the file read and parsed in a worker thread.
+    async def _reload(self) -> ReloadResult:
+        """Reload, with the file read and parsed in a worker thread.
 
         The parse is bounded (MAX_BYTES, MAX_NODES in `mhd.config.yamlsource`), but a file near the
         bounds still takes seconds; on the event loop that would stall the probes, the API and the
@@ -202,12 +197,9 @@ class Daemon:
         resolver once per node (the test has the load wait for the loop). The thread shares only
         the reloader, which nothing else uses while the main loop awaits it; the new config is
         adopted back on the loop."""
-        self._notify_reloading()
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         started = time.monotonic()
         return self._reloaded(await asyncio.to_thread(self._load_or_errors), started)
-
-    def _notify_reloading(self) -> None:
-        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def _load_or_errors(self) -> Config | list[str]:
         """The new config, or the messages that say why there is none. Never raises: whatever a file
@@ -353,7 +345,7 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 waiters, self._reload_waiters = self._reload_waiters, []
-                result = await self._reload_in_worker()
+                result = await self._reload()
             if time.monotonic() >= next_full:
                 self._pending.clear()
                 await self.reconcile_once()

@@ -46,7 +46,7 @@ def daemon(tmp_path: Path, text: str) -> Daemon:
 def reload(d: Daemon, text: str) -> set[str]:
     old = d.config
     Path(d.config_path).write_text(text)
-    assert d._reload().ok
+    assert asyncio.run(d._reload()).ok
     assert d.config is not None and old is not None
     return {s.name for s in (*old.services, *d.config.services) if s.key in changed_services(old, d.config)}
 
@@ -133,7 +133,7 @@ def test_an_invalid_reload_keeps_the_running_config(tmp_path: Path, text: str) -
     d = daemon(tmp_path, config_text({}))
     running, running_targets = d.config, dict(d.targets)
     Path(d.config_path).write_text(text)
-    result = d._reload()
+    result = asyncio.run(d._reload())
     assert not result.ok and result.errors[0].startswith(f"{d.config_path}:2:"), result.errors
     assert d.config is running and d.targets == running_targets
     assert d.reload_counts == {"ok": 0, "error": 1}
@@ -151,7 +151,7 @@ def test_an_unexpected_loader_error_keeps_the_running_config(
 
     monkeypatch.setattr(d._reloader, "load", broken)
     for _ in range(3):
-        result = d._reload()
+        result = asyncio.run(d._reload())
         assert not result.ok and "injected loader bug" in result.errors[0]
     assert d.config is running
     tracebacks = [r for r in caplog.records if r.exc_info and "injected loader bug" in r.getMessage()]
