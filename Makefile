@@ -25,7 +25,7 @@ host-tests:
 	scripts/pytest-status $(PY) -m pytest -q $(HOST_TESTS)
 
 compat-tests:
-	scripts/pytest-status $(COMPAT) -m pytest -q -p no:cacheprovider tests/test_ipvs_codec.py
+	$(COMPAT) -m pytest -q -p no:cacheprovider tests/test_ipvs_codec.py  # collecting no test fails here
 
 kmod-check:
 	@if ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1 && [ -f kmod/Makefile ]; then \

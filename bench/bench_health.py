@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mhd.api.metrics import Metrics
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult
+from mhd.health import CheckResult
 from mhd.probing.prober import CheckKey, Prober, Target
 
 PORT = 9000
@@ -220,7 +220,7 @@ class Figures:
     floor_per_1000: float  # the reference
     failures: int  # counted by the state machine
     details: dict[str, int]  # every failed probe by detail, counted or not
-    inconclusive: int  # timeouts not counted: the prober's loop stalled (mhd.health.inconclusive)
+    inconclusive: int  # not counted: the loop stalled, or a local fault (mhd.health.inconclusive)
     cpu_share: float  # CPU seconds used per wall second
     waited: float  # seconds waiting for the CPU per wall second: > 0.05 means contended
     fd_samples: list[int]
@@ -287,7 +287,7 @@ def report(f: Figures, min_rate: float, max_p99: float | None, soak: float) -> b
     ratio = f.cpu_per_1000 / f.floor_per_1000
     print(f"\n== {f.name}: {f.offered:,.0f} checks/s offered")
     print(f"  sustained      {f.rate:,.0f} checks/s")
-    print(f"  failures       {f.failures} counted, {f.inconclusive} timeouts not counted (loop stalled)")
+    print(f"  failures       {f.failures} counted, {f.inconclusive} not counted (loop stalled or local fault)")
     if f.details:
         print(f"  failed probes  {dict(sorted(f.details.items(), key=lambda kv: -kv[1])[:3])}")
     print(f"  due-time lag   p50 {f.p50 * 1000:.1f} ms, p99 {f.p99 * 1000:.1f} ms")

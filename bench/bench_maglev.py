@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mhd.maglev import table as maglev  # noqa: E402
+from mhd.maglev import populate  # noqa: E402
 from mhd.maglev.table import MaglevTable, MhDest, build_table, table_size  # noqa: E402
 
 BUILD_RATIO_TARGET = 10.0
@@ -123,21 +123,21 @@ def cpu_ms_per_call(fn: Callable[[], object], batch: int) -> float:
 @contextmanager
 def population_path(path: str) -> Iterator[None]:
     """Make build_table use one population loop (it reads MHD_MAGLEV_PURE at every build)."""
-    saved = os.environ.get(maglev.PURE_ENV)
-    os.environ[maglev.PURE_ENV] = "1" if path == "numpy" else ""
+    saved = os.environ.get(populate.PURE_ENV)
+    os.environ[populate.PURE_ENV] = "1" if path == "numpy" else ""
     try:
-        if maglev._populate_path() != path:
+        if populate.populate_path() != path:
             raise RuntimeError(f"cannot select the {path} population loop")
         yield
     finally:
         if saved is None:
-            del os.environ[maglev.PURE_ENV]
+            del os.environ[populate.PURE_ENV]
         else:
-            os.environ[maglev.PURE_ENV] = saved
+            os.environ[populate.PURE_ENV] = saved
 
 
 def available_paths() -> list[str]:
-    return ["compiled", "numpy"] if maglev._maglev_fast is not None else ["numpy"]
+    return ["compiled", "numpy"] if populate._compiled is not None else ["numpy"]
 
 
 def bench_build(exe: Path, tab_index: int, n: int, rounds: int) -> BuildFigure:
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"numpy {np.__version__}, Python {sys.version.split()[0]}, CPU time, best of {args.rounds}")
-        if maglev._maglev_fast is not None:
-            print(f"population loop: compiled ({Path(maglev._maglev_fast.__file__ or '?').name}), judged;")
+        if populate._compiled is not None:
+            print(f"population loop: compiled ({Path(populate._compiled.__file__ or '?').name}), judged;")
             print("                 numpy fallback (MHD_MAGLEV_PURE=1) timed for comparison")
         else:
             print("population loop: numpy fallback only, mhd.maglev._fast NOT built")

@@ -30,11 +30,10 @@ from mhd.config.records import Config, ServiceConfig
 from mhd.config.reload import ConfigReloader
 from mhd.config.validate import DEFAULT_CONFIGS, find_config
 from mhd.config.yamlsource import ConfigError
-from mhd.health import Health, Transition
+from mhd.health import CheckResult, Health, Transition
 from mhd.ipvs import IpvsClient
 from mhd.model import DestKey, Service, ServiceKey, mh_table_size
 from mhd.netlink import NetlinkError
-from mhd.probing.checkers import CheckResult
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
 from mhd.reconcile import Outcome, reconcile
 from mhd.state import StateDir, StateError

@@ -1,8 +1,9 @@
 """Per-server health state machine: pure, deterministic, no I/O.
 
 Kept apart from the prober so that the rules that decide when traffic moves can be tested
-exhaustively (hypothesis) without sockets or clocks. The prober feeds it `CheckResult`s and acts
-on the `Transition`s it returns.
+exhaustively (hypothesis) without sockets or clocks. The prober feeds it `CheckResult`s (defined
+here, so that this module needs nothing of the probing layer) and acts on the `Transition`s it
+returns.
 
 Rules:
 
@@ -22,9 +23,23 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult
 
 State = Literal["unknown", "up", "down"]
+
+
+class CheckResult(NamedTuple):
+    """Outcome of one probe. ``latency`` in seconds, ``at`` wall-clock start time; ``timed_out``
+    when the probe's own deadline ended it (the prober then asks whether its loop was stalled);
+    ``local`` when it could not run for a fault of the director's own (out of file descriptors,
+    memory or buffers, a source address that vanished), which says nothing about the server.
+    A NamedTuple, as `Health`: one is built per probe, and a frozen dataclass costs 3x more."""
+
+    ok: bool
+    latency: float
+    detail: str
+    at: float
+    timed_out: bool = False
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,22 @@ def observe(h: Health, result: CheckResult, spec: CheckSpec) -> tuple[Health, Tr
     return Health(new, successes, failures, h.transitions + 1, result), transition
 
 
+def probe_interval(h: Health, spec: CheckSpec) -> float:
+    """Seconds until the next probe of a server in state ``h``.
+
+    ``spec.fast_interval`` while a streak runs against the state (a failure of a server that is
+    not down, a success of one that is not up), so that rise/fall decide sooner; then
+    ``spec.down_interval`` while the server is down and not recovering; else ``spec.interval``.
+    With neither set (the default) always ``spec.interval``.
+    """
+    against = (h.failures and h.state != "down") or (h.successes and h.state != "up")
+    if spec.fast_interval is not None and against:
+        return spec.fast_interval
+    if spec.down_interval is not None and h.state == "down" and not h.successes:
+        return spec.down_interval
+    return spec.interval
+
+
 def _reason(result: CheckResult, streak: int) -> str:
     kind = "success" if result.ok else "failure"
     plural = "" if streak == 1 else ("es" if result.ok else "s")
@@ -87,7 +118,8 @@ STALL_FRACTION = 0.25  # of a probe's timeout: a longer stall of the checker's l
 
 
 def inconclusive(result: CheckResult, stalled: float, timeout: float) -> bool:
-    """Whether a failed probe says nothing about the server, because the checker stalled.
+    """Whether a failed probe says nothing about the server: the director's own fault
+    (``result.local``), or a timeout while the checker stalled.
 
     ``stalled`` is the longest stretch (seconds) during the probe in which the checker's own
     event loop ran nothing: blocked by a slow callback, or the process not scheduled. A probe
@@ -96,4 +128,6 @@ def inconclusive(result: CheckResult, stalled: float, timeout: float) -> bool:
     neither count as a failure nor break a success streak. Any other failure (refused, reset, a
     status code, an exit code) is the server's answer, stall or not; so is every success.
     """
-    return not result.ok and result.timed_out and stalled > STALL_FRACTION * timeout
+    if result.ok:
+        return False
+    return result.local or (result.timed_out and stalled > STALL_FRACTION * timeout)

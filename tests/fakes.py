@@ -20,10 +20,9 @@ import pytest
 
 from mhd.config.validate import load
 from mhd.daemon import Daemon, ReloadResult
-from mhd.health import Health, State
+from mhd.health import CheckResult, Health, State
 from mhd.kernel import KernelInfo
 from mhd.model import DestKey, Service, Stats, parse_ip
-from mhd.probing.checkers import CheckResult
 from mhd.reconcile import Outcome, desired_state
 from mhd.state import StateDir
 

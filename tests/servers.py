@@ -1,4 +1,4 @@
-"""Loopback servers and small async helpers shared by the checker and prober tests.
+"""Loopback servers, small async helpers and `probe` (one awaited probe) for the checker and prober tests.
 
 Real sockets only: a health check is judged against servers that behave like the real ones
 (answer, refuse, reset, never answer). Imported by name (``from servers import ...``): pytest
@@ -16,6 +16,10 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from mhd.config.checkspec import CheckSpec
+from mhd.health import CheckResult
+from mhd.probing.tcp import Probes
 
 LO = "127.0.0.1"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -57,6 +61,23 @@ def pid_gone(pid: int) -> bool:
             return f.read().split(") ")[1][0] == "Z"  # a zombie of init is gone for us
     except FileNotFoundError:
         return True
+
+
+async def probe(spec: CheckSpec, address: str, port: int, *, service: str = "") -> CheckResult:
+    """One probe of ``address`` (probe port resolved here) through the prober's engine, awaited."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[CheckResult] = loop.create_future()
+
+    def resolve(_: None, result: CheckResult, ended: float) -> None:
+        if not answer.done():
+            answer.set_result(result)
+
+    probes = Probes(loop)
+    try:
+        probes.start(spec, address, spec.probe_port(port), service, resolve, None)
+        return await answer
+    finally:
+        await probes.aclose()
 
 
 # --- TCP servers ------------------------------------------------------------------------------
@@ -108,10 +129,10 @@ async def resetter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 @contextlib.asynccontextmanager
 async def tcp_server(
-    handler: Handler | None = None, host: str = LO, tls: ssl.SSLContext | None = None
+    handler: Handler | None = None, host: str = LO, tls: ssl.SSLContext | None = None, port: int = 0
 ) -> AsyncIterator[int]:
-    """A listening server on an ephemeral port (yielded); by default it answers HTTP 200."""
-    server = await asyncio.start_server(handler or http_handler(http_answer(200, b"")), host, 0, ssl=tls)
+    """A listening server on ``port`` or an ephemeral one (yielded); by default it answers HTTP 200."""
+    server = await asyncio.start_server(handler or http_handler(http_answer(200, b"")), host, port, ssl=tls)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from servers import (
     LO,
+    Handler,
     aio,
     closed_port,
     http_answer,
     http_handler,
     pid_gone,
+    probe,
     resetter,
     tarpit,
     tcp_server,
@@ -29,7 +31,11 @@ from servers import (
 )
 
 from mhd.config.checkspec import CheckSpec
-from mhd.probing.checkers import CheckResult, Probes, build_query, parse_header, probe, timers
+from mhd.health import CheckResult
+from mhd.probing.dns import build_query, parse_header
+from mhd.probing.exec import EXEC_PATH
+from mhd.probing.tcp import Probes
+from mhd.probing.timers import timers
 
 # --- tcp --------------------------------------------------------------------------------------
 
@@ -109,8 +115,9 @@ async def test_tcp_source_address() -> None:
     async with tcp_server(http_handler(b""), host="0.0.0.0") as port:
         good = await probe(CheckSpec(type="tcp", source_address="127.0.0.3"), LO, port)
         bad = await probe(CheckSpec(type="tcp", source_address="192.0.2.1"), LO, port)
-    assert (good.ok, good.detail) == (True, "connected")
-    assert (bad.ok, bad.detail) == (False, "cannot assign requested address")
+    assert (good.ok, good.detail, good.local) == (True, "connected", False)
+    # A source address the director does not have (or lost) is its own fault, not the server's.
+    assert (bad.ok, bad.detail, bad.local) == (False, "cannot assign requested address", True)
 
 
 # --- http -------------------------------------------------------------------------------------
@@ -171,6 +178,101 @@ async def test_http_body_read_to_close() -> None:
     assert r.ok, r.detail
 
 
+def hostile(head: bytes, body: bytes = b"", repeat: int = 0, sent: list[int] | None = None) -> Handler:
+    """Reads the request, sends ``head`` and ``body``, then ``body`` again ``repeat`` times as long
+    as the client reads (``sent`` gets the byte count), and keeps the connection open."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head + body)
+            total = len(head) + len(body)
+            for _ in range(repeat):
+                writer.write(body)
+                await writer.drain()
+                total += len(body)
+                if sent is not None:
+                    sent[:] = [total]
+            await reader.read()  # until the client goes away
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+@aio
+async def test_http_huge_chunk_is_read_only_up_to_the_body_limit() -> None:
+    """A 10 GB chunk used to be buffered whole (the daemon grew by 700 MB within a 1 s timeout)."""
+    sent: list[int] = [0]
+    block = b"healthy " * 8192  # 64 KiB
+    handler = hostile(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2540BE400\r\n", block, 4096, sent
+    )
+    async with tcp_server(handler) as port:
+        r = await probe(CheckSpec(type="http", body_regex="healthy", timeout=3.0), LO, port)
+    assert (r.ok, r.detail) == (True, "HTTP 200, body matches")
+    assert sent[0] < 64 * 1024 * 1024  # the server could not push its 256 MiB: nobody read them
+
+
+@aio
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: aaaaaaaaaaaaaaaaaaaa\r\n" * 1000 + b"\r\n",
+    ],
+    ids=["one long line", "many lines"],
+)
+async def test_http_header_over_16_kib_fails_at_once(head: bytes) -> None:
+    async with tcp_server(hostile(head)) as port:
+        r = await probe(CheckSpec(type="http", timeout=3.0), LO, port)
+    assert (r.ok, r.detail, r.timed_out) == (False, "HTTP header too large", False)
+
+
+@aio
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 7\n\nhealthy",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7\n\nhealthy",
+        b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nhea\n4\nlthy\n0\n\n",
+    ],
+    ids=["bare LF", "mixed", "chunked bare LF"],
+)
+async def test_http_bare_lf_answers_are_understood_not_timed_out(answer: bytes) -> None:
+    """The server keeps the connection open: a reader waiting for CRLF CRLF would time out."""
+    async with tcp_server(hostile(answer)) as port:
+        plain = await probe(CheckSpec(type="http", timeout=3.0), LO, port)
+        body = await probe(CheckSpec(type="http", body_regex="^healthy$", timeout=3.0), LO, port)
+    assert (plain.ok, plain.detail) == (True, "HTTP 200")
+    assert (body.ok, body.detail) == (True, "HTTP 200, body matches")
+
+
+@aio
+async def test_http_non_http_banner_fails_at_once() -> None:
+    async with tcp_server(hostile(b"SSH-2.0-OpenSSH_9.2\r\n")) as port:
+        r = await probe(CheckSpec(type="http", timeout=3.0), LO, port)
+    assert (r.ok, r.timed_out) == (False, False) and r.detail.startswith("not an HTTP answer"), r.detail
+
+
+@aio
+async def test_http_endless_chunk_line_fails_at_once() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;" + b"x" * 20_000
+    async with tcp_server(hostile(answer)) as port:
+        r = await probe(CheckSpec(type="http", body_regex="x", timeout=3.0), LO, port)
+    assert (r.ok, r.detail) == (False, "HTTP chunk line too long")
+
+
+@aio
+async def test_http_bad_chunk_size_is_a_clear_failure() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"
+    async with tcp_server(hostile(answer)) as port:
+        r = await probe(CheckSpec(type="http", body_regex="x", timeout=3.0), LO, port)
+    assert (r.ok, r.detail) == (False, "bad HTTP chunk size: b'zz'")
+
+
 @aio
 async def test_http_tarpit_times_out() -> None:
     async with tcp_server(tarpit) as port:
@@ -207,6 +309,9 @@ async def test_source_address() -> None:
         r = await probe(CheckSpec(type="http", source_address="127.0.0.2"), LO, port)
     assert r.ok, r.detail
     assert seen[1] == b"127.0.0.2"
+    for kind in ("http", "udp", "dns"):
+        lost = await probe(CheckSpec(type=kind, source_address="192.0.2.1"), LO, port)  # type: ignore[arg-type]
+        assert (lost.ok, lost.detail, lost.local) == (False, "cannot assign requested address", True)
 
 
 # --- https ------------------------------------------------------------------------------------
@@ -452,6 +557,85 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
     shell, sleeper = map(int, pids.read_text().split())
     assert pid_gone(shell)  # reaped by the probe itself
     await until(lambda: pid_gone(sleeper), 2.0)  # the backgrounded grandchild too (same process group)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+@aio
+@pytest.mark.parametrize("writer", ["yes", "cat /dev/zero"])
+async def test_exec_that_keeps_writing_ends_at_once_and_leaks_nothing(writer: str) -> None:
+    """It used to hang for ever after the kill: its paused output pipe never reached EOF."""
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", writer), timeout=2.0)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with asyncio.timeout(10):  # a hang fails here rather than at the harness's bound
+        r = await probe(spec, LO, 80)
+    assert not r.ok and r.detail.startswith("more than 1 MiB of output"), r.detail
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+@aio
+async def test_exec_ends_when_the_command_exits_whatever_it_left_writing() -> None:
+    """A background writer in the command's group holds the pipe open: the command's exit decides."""
+    spec = CheckSpec(
+        type="exec", command=("/bin/sh", "-c", "yes > /dev/stdout & echo done; exit 0"), timeout=2.0
+    )
+    async with asyncio.timeout(10):
+        r = await probe(spec, LO, 80)
+    assert r.ok and r.detail.startswith("exit 0"), r.detail
+
+
+@aio
+async def test_exec_that_writes_slowly_is_killed_at_the_timeout() -> None:
+    spec = CheckSpec(
+        type="exec", command=("/bin/sh", "-c", "while :; do echo x; sleep 0.01; done"), timeout=0.3
+    )
+    async with asyncio.timeout(10):
+        r = await probe(spec, LO, 80)
+    assert (r.ok, r.detail, r.timed_out) == (False, "timeout after 0.3s", True)
+
+
+@aio
+@pytest.mark.parametrize("end", ["wait", "exit 0"])
+async def test_exec_grandchild_that_calls_setsid_does_not_survive(tmp_path: Path, end: str) -> None:
+    """Out of the command's process group and session: killed once the probe is over, whether the
+    command timed out (``wait``) or exited leaving it behind (``exit 0``)."""
+    pids = tmp_path / "pids"
+    script = f"setsid sleep 30 & echo $! > {pids}; {end}"
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", script), timeout=0.5)
+    r = await probe(spec, LO, 80)
+    assert r.ok == (end == "exit 0"), r.detail
+    sleeper = int(pids.read_text())
+    await until(lambda: pid_gone(sleeper), 3.0)
+
+
+@aio
+async def test_exec_orphan_that_double_forked_during_the_check_does_not_survive(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"(setsid sleep 30 & echo $! > {pids}); sleep 0.2; exit 1"
+    r = await probe(CheckSpec(type="exec", command=("/bin/sh", "-c", script), timeout=2.0), LO, 80)
+    assert (r.ok, r.detail) == (False, "exit 1")
+    await until(lambda: pid_gone(int(pids.read_text())), 3.0)
+
+
+@aio
+async def test_exec_environment_is_minimal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MHD_TEST_DAEMON_SECRET", "not for checks")
+    out = tmp_path / "env"
+    spec = CheckSpec(type="exec", command=("/bin/sh", "-c", f"/usr/bin/env > {out}"), port=8443)
+    r = await probe(spec, "10.1.2.3", 80, service="web")
+    assert r.ok, r.detail
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert "MHD_TEST_DAEMON_SECRET" not in env
+    assert env["PATH"] == EXEC_PATH
+    assert {k: v for k, v in env.items() if k.startswith("MHD_")} == {
+        "MHD_SERVICE": "web", "MHD_SERVER_ADDRESS": "10.1.2.3", "MHD_SERVER_PORT": "8443"}  # fmt: skip
+
+
+@aio
+async def test_exec_probes_leak_no_fd() -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    commands = [("/bin/true",), ("/bin/false",), ("/nonexistent",), ("/bin/sh", "-c", "sleep 5")]
+    for command in commands * 5:
+        await probe(CheckSpec(type="exec", command=command, timeout=0.1), LO, 80)
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 

@@ -22,10 +22,9 @@ from mhd.config.validate import load
 from mhd.ctl import main as ctl
 from mhd.ctl.client import Colors, format_status, use_color
 from mhd.daemon import Daemon, ReloadResult
-from mhd.health import Health
+from mhd.health import CheckResult, Health
 from mhd.kernel import KernelInfo
 from mhd.model import Service
-from mhd.probing.checkers import CheckResult
 from mhd.reconcile import Outcome, desired_state
 from mhd.state import StateDir
 

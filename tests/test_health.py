@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import STALL_FRACTION, Health, Transition, inconclusive, initial, observe
-from mhd.probing.checkers import CheckResult, StallLog
+from mhd.health import (
+    STALL_FRACTION,
+    CheckResult,
+    Health,
+    Transition,
+    inconclusive,
+    initial,
+    observe,
+    probe_interval,
+)
+from mhd.probing.timers import StallLog
 
 OK = CheckResult(True, 0.001, "HTTP 200", 0.0)
 BAD = CheckResult(False, 1.0, "HTTP 500", 0.0)
@@ -127,6 +138,38 @@ def test_reason_names_the_streak_and_last_detail() -> None:
     assert t == Transition("up", "down", "3 consecutive failures, last: HTTP 500")
 
 
+# --- adaptive intervals ------------------------------------------------------------------------
+
+
+@given(specs, starts, histories)
+def test_default_interval_never_changes(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    assert {probe_interval(h, spec) for h, _ in run(h, oks, spec)} <= {spec.interval}
+
+
+@given(specs, starts, histories)
+def test_fast_while_undecided_slow_while_down(spec: CheckSpec, h: Health, oks: list[bool]) -> None:
+    """Fast while the last result disagrees with the state (rise/fall still to decide), slow while
+    the last result confirms down, the base interval otherwise."""
+    spec = replace(spec, interval=2.0, fast_interval=0.5, down_interval=10.0)
+    for after, _ in run(h, oks, spec):
+        assert after.last is not None
+        confirms = after.state == ("up" if after.last.ok else "down")
+        expected = 2.0 if confirms and after.state == "up" else 10.0 if confirms else 0.5
+        assert probe_interval(after, spec) == expected, after
+
+
+def test_one_failure_of_an_up_server_probes_fast_until_fall_decides() -> None:
+    spec = CheckSpec(type="tcp", interval=2.0, fall=3, fast_interval=0.5, down_interval=10.0)
+    h = Health("up", successes=5)
+    seen = []
+    for _ in range(4):
+        h, _ = observe(h, BAD, spec)
+        seen.append((h.state, probe_interval(h, spec)))
+    assert seen == [("up", 0.5), ("up", 0.5), ("down", 10.0), ("down", 10.0)]
+    h, _ = observe(h, OK, spec)
+    assert (h.state, probe_interval(h, spec)) == ("down", 0.5)  # rise 2: one more success to go
+
+
 # --- starvation guard: a stalled checker does not blame the server ------------------------------
 
 TIMED_OUT = CheckResult(False, 0.5, "timeout after 0.5s", 0.0, timed_out=True)
@@ -139,6 +182,14 @@ def test_only_a_timeout_across_a_long_stall_is_inconclusive(stalled: float, time
     assert not inconclusive(BAD, stalled, timeout)  # so is the server's own answer (a status code)
     refused = CheckResult(False, 0.001, "connection refused", 0.0)
     assert not inconclusive(refused, stalled, timeout)
+
+
+@given(st.floats(0, 10), st.floats(0.001, 10), st.booleans())
+def test_a_fault_of_the_directors_own_is_always_inconclusive(
+    stalled: float, timeout: float, timed_out: bool
+) -> None:
+    local = CheckResult(False, 0.0, "too many open files", 0.0, timed_out, local=True)
+    assert inconclusive(local, stalled, timeout)
 
 
 def test_stall_log_longest_stretch_within_a_window() -> None:

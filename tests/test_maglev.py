@@ -1,7 +1,7 @@
 """The Maglev model (mhd.maglev.table): kernel semantics, properties, and a C oracle.
 
 The fast table builder is checked slot for slot against a line-by-line transcription of
-``ip_vs_mh_populate`` (``_populate_reference``) and against bench/maglev_ref.c, an independent
+``ip_vs_mh_populate`` (``populate_reference``) and against bench/maglev_ref.c, an independent
 C model compiled here when gcc is available. The properties are the ones the daemon relies on.
 """
 
@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from mhd.maglev import populate
 from mhd.maglev import table as maglev
 from mhd.maglev.table import (
     TAB_PRIMES,
@@ -149,8 +150,8 @@ def _populate_cases(draw: st.DrawFn) -> tuple[list[int], list[int], list[int], i
 @given(_populate_cases())
 def test_fast_populate_equals_kernel_loop(case: tuple[list[int], list[int], list[int], int]) -> None:
     offsets, skips, turns, m = case
-    want = maglev._populate_reference(offsets, skips, turns, m)
-    got = maglev._populate(
+    want = populate.populate_reference(offsets, skips, turns, m)
+    got = populate.populate_numpy(
         np.array(offsets, dtype=np.int64), np.array(skips, dtype=np.int64), np.array(turns, dtype=np.int64), m
     )
     assert got.tolist() == want.tolist()
@@ -164,14 +165,14 @@ def test_fast_populate_equals_kernel_loop_at_scale(tab_index: int, n: int) -> No
     offsets = np.array([rng.randrange(m) for _ in range(n)], dtype=np.int64)
     skips = np.array([rng.randrange(1, m) for _ in range(n)], dtype=np.int64)
     turns = np.array([rng.choice([1, 1, 1, 2, 5]) for _ in range(n)], dtype=np.int64)
-    want = maglev._populate_reference(offsets.tolist(), skips.tolist(), turns.tolist(), m)
-    assert np.array_equal(maglev._populate(offsets, skips, turns, m), want)
+    want = populate.populate_reference(offsets.tolist(), skips.tolist(), turns.tolist(), m)
+    assert np.array_equal(populate.populate_numpy(offsets, skips, turns, m), want)
 
 
 def test_modinv() -> None:
     for m in (251, 65521, 131071):
         values = np.arange(1, min(m, 3000), dtype=np.int64)
-        assert np.all(values * maglev._modinv(values, m) % m == 1)
+        assert np.all(values * populate._modinv(values, m) % m == 1)
 
 
 def test_known_answer() -> None:

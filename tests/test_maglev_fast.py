@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhd.maglev import table as maglev
+from mhd.maglev import populate
 from mhd.maglev.table import MaglevTable, MhDest, build_table
 
-fast: Any = maglev._maglev_fast
+fast: Any = populate._compiled
 needs_fast = pytest.mark.skipif(
     fast is None, reason="mhd.maglev._fast not built (setup.py build_ext --inplace)"
 )
@@ -36,8 +36,8 @@ Path = Literal["compiled", "numpy"]
 @contextmanager
 def _path(path: Path) -> Iterator[None]:
     """Run build_table on one path (the environment is read at every build)."""
-    with mock.patch.dict(os.environ, {maglev.PURE_ENV: "1" if path == "numpy" else ""}):
-        assert maglev._populate_path() == path
+    with mock.patch.dict(os.environ, {populate.PURE_ENV: "1" if path == "numpy" else ""}):
+        assert populate.populate_path() == path
         yield
 
 
@@ -73,27 +73,27 @@ def _fast_populate(offsets: list[int], skips: list[int], turns: list[int], m: in
 
 
 def test_pure_env_selects_numpy() -> None:
-    with mock.patch.dict(os.environ, {maglev.PURE_ENV: "1"}):
-        assert maglev._populate_path() == "numpy"
+    with mock.patch.dict(os.environ, {populate.PURE_ENV: "1"}):
+        assert populate.populate_path() == "numpy"
     for off in ("", "0"):
-        with mock.patch.dict(os.environ, {maglev.PURE_ENV: off}):
-            assert maglev._populate_path() == ("numpy" if fast is None else "compiled")
+        with mock.patch.dict(os.environ, {populate.PURE_ENV: off}):
+            assert populate.populate_path() == ("numpy" if fast is None else "compiled")
 
 
 def test_pure_env_never_calls_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object) -> None:
         raise AssertionError("compiled path used despite MHD_MAGLEV_PURE=1")
 
-    monkeypatch.setattr(maglev, "_populate_compiled", boom)
-    monkeypatch.setenv(maglev.PURE_ENV, "1")
+    monkeypatch.setattr(populate, "populate_compiled", boom)
+    monkeypatch.setenv(populate.PURE_ENV, "1")
     dests = [MhDest(f"10.0.0.{i}", 80, i) for i in range(1, 9)]
     assert build_table(dests).slot_counts() == build_table(dests).slot_counts()
 
 
 def test_without_extension_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(maglev, "_maglev_fast", None)
-    monkeypatch.delenv(maglev.PURE_ENV, raising=False)
-    assert maglev._populate_path() == "numpy"
+    monkeypatch.setattr(populate, "_compiled", None)
+    monkeypatch.delenv(populate.PURE_ENV, raising=False)
+    assert populate.populate_path() == "numpy"
     table = build_table([MhDest("10.0.0.1", 80, 1), MhDest("10.0.0.2", 80, 3)])
     assert sum(table.slot_counts()) == table.size
 
@@ -121,11 +121,11 @@ def _populate_cases(draw: st.DrawFn) -> tuple[list[int], list[int], list[int], i
 def test_compiled_populate_equals_kernel_loop(case: tuple[list[int], list[int], list[int], int]) -> None:
     offsets, skips, turns, m = case
     got = _fast_populate(offsets, skips, turns, m)
-    assert got == maglev._populate_reference(offsets, skips, turns, m).tolist()
+    assert got == populate.populate_reference(offsets, skips, turns, m).tolist()
     # The numpy builder needs some turns and expands them per claim (build_table's turns stay
     # below 2**(tab_index // 2)); the C loop takes any.
     if any(turns) and max(turns) <= 255:
-        numpy_path = maglev._populate(
+        numpy_path = populate.populate_numpy(
             np.array(offsets, dtype=np.int64),
             np.array(skips, dtype=np.int64),
             np.array(turns, dtype=np.int64),

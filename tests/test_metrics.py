@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mhd.api import metrics as metrics_module
 from mhd.api.metrics import Metrics, render_families
+from mhd.health import CheckResult
 from mhd.model import Stats
-from mhd.probing.checkers import CheckResult
 from mhd.probing.prober import check_key
 
 # A smaller world than test_api's: every service in the kernel, 10.0.0.1:80 with traffic.

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -16,9 +23,9 @@ from hypothesis import strategies as st
 from servers import LO, aio, closed_port, pid_gone, tarpit, tcp_server, until
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import Health, Transition
-from mhd.probing.checkers import CheckResult
+from mhd.health import CheckResult, Health, Transition
 from mhd.probing.prober import CheckKey, Prober, Target, check_key, first_due, next_due, phase
+from mhd.probing.tcp import Probes
 
 FAST = CheckSpec(type="tcp", interval=0.05, timeout=0.04, rise=1, fall=1)
 
@@ -325,3 +332,174 @@ async def test_a_no_check_server_that_starts_down_is_probed_when_added_by_a_relo
     await prober.stop()
     assert prober.health(up).state == prober.health(shared).state == "up"
     assert {key[2] for key, _, _, _ in rec.probes} == {81}  # the all-up check was never probed
+
+
+# --- the director's own faults ----------------------------------------------------------------
+
+LOW_FD_PROBER = r"""
+import asyncio, contextlib, json, logging, os, resource, sys
+from mhd.config.checkspec import CheckSpec
+from mhd.probing.prober import Prober, Target
+
+tcp_port, http_port = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+warnings = []
+logging.getLogger("mhd.prober").addHandler(logging.Handler())
+logging.getLogger("mhd.prober").handlers[0].emit = warnings.append
+spec = dict(interval=0.5, timeout=0.4, rise=1, fall=1)
+targets = [Target(f"t{i}", f"127.0.{i // 200}.{i % 200 + 1}", tcp_port, CheckSpec(type="tcp", **spec))
+           for i in range(800)]
+targets += [Target(f"h{i}", f"127.1.{i // 200}.{i % 200 + 1}", http_port, CheckSpec(type="http", **spec))
+            for i in range(200)]
+targets += [Target(f"x{i}", f"127.2.0.{i + 1}", 80, CheckSpec(type="exec", command=("/bin/true",), **spec))
+            for i in range(20)]
+
+async def main():
+    downs = []
+    prober = Prober(lambda target, transition, health: downs.append(target.server))
+    prober.set_targets(targets, in_kernel=lambda target: True)
+    fds = len(os.listdir("/proc/self/fd"))
+    # For three intervals the rest of the director holds every descriptor but one: a TCP probe
+    # gets its socket and no epoll, an HTTP probe may get through.
+    ballast = []
+    with contextlib.suppress(OSError):
+        while True:
+            ballast.append(os.open("/dev/null", os.O_RDONLY))
+    os.close(ballast.pop())
+    await prober.start()
+    await asyncio.sleep(1.5)
+    starved = sum(prober.counters(t).inconclusive for t in targets)
+    for fd in ballast:
+        os.close(fd)
+    await asyncio.sleep(1.5)  # then three intervals with descriptors to spare
+    await prober.stop()
+    counters = [prober.counters(t) for t in targets]
+    print(json.dumps({
+        "downs": downs,
+        "probes": sum(c.probes for c in counters),
+        "failures": sum(c.failures for c in counters),
+        "starved": starved,
+        "ok_at_end": sum(bool(prober.health(t).last and prober.health(t).last.ok) for t in targets),
+        "fds_before": fds,
+        "fds_after": len(os.listdir("/proc/self/fd")),
+        "warnings": sum("could not run" in w.getMessage() for w in warnings),
+    }))
+
+asyncio.run(main())
+"""
+
+
+def _serve(listener: socket.socket, answer: bytes | None) -> None:
+    """Accept (and answer) until the listener is closed."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn, contextlib.suppress(OSError):
+            if answer is not None:
+                conn.recv(4096)
+                conn.sendall(answer)
+
+
+def test_a_director_out_of_file_descriptors_takes_no_server_down() -> None:
+    """1,020 healthy servers (TCP, HTTP, exec), a prober with RLIMIT_NOFILE 256 of which all
+    descriptors but one are taken for three intervals: probes fail with EMFILE, none of that
+    counts against a server, and every check runs again once descriptors are free."""
+    listeners = []
+    for answer in (None, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"):
+        listener = socket.create_server(("0.0.0.0", 0), backlog=4096)
+        threading.Thread(target=_serve, args=(listener, answer), daemon=True).start()
+        listeners.append(listener)
+    ports = [str(listener.getsockname()[1]) for listener in listeners]
+    try:
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        out = subprocess.run(
+            [sys.executable, "-c", LOW_FD_PROBER, *ports], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["starved"] >= 800, report  # every TCP server met the shortage...
+    assert (report["downs"], report["failures"]) == ([], 0), report  # ...and none was blamed for it
+    assert report["ok_at_end"] == 1020, report  # once it was over, every check ran again
+    assert report["fds_after"] <= report["fds_before"], report
+    assert report["warnings"] == 1, report  # rate-limited: one a minute
+
+
+@aio
+async def test_a_failing_server_is_probed_fast_until_down_then_slowly() -> None:
+    """Due times (the schedule, not measured durations): one failure switches to the fast
+    interval, fall decides, then the down interval applies; recovery probes fast again."""
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(
+        type="tcp", interval=0.4, timeout=0.05, rise=2, fall=3, fast_interval=0.1, down_interval=0.6
+    )
+    port = closed_port()
+    prober.set_targets([Target("s", LO, port, spec)], in_kernel=lambda target: True)
+    await prober.start()
+    await until(lambda: len(rec.probes) >= 5, 5.0)
+    async with tcp_server(host=LO, port=port):  # the server comes back
+        await until(lambda: len(rec.transitions) >= 2, 5.0)
+    await prober.stop()
+    dues = [due for _, due, _, _ in rec.probes]
+    oks = [result.ok for _, _, _, result in rec.probes]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(dues)]
+    first_ok = oks.index(True)
+    assert oks[:3] == [False] * 3 and all(not ok for ok in oks[:first_ok])
+    assert gaps[:3] == [0.1, 0.1, 0.6]  # failing: fast; down after 3: slow
+    assert gaps[first_ok] == 0.1  # one success of a down server: fast until rise decides
+    assert [(t.old, t.new) for _, t in rec.transitions] == [("up", "down"), ("down", "up")]
+
+
+@aio
+async def test_a_probe_that_cannot_even_start_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the engine's start raises once (it reports its own errors as results, so
+    this stands for a bug); the check must not stop for ever."""
+    calls = 0
+    real_start = Probes.start
+
+    def start_failing_once(self: Probes, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected")
+        return real_start(self, *args)
+
+    monkeypatch.setattr(Probes, "start", start_failing_once)
+    rec = Recorder()
+    prober = rec.prober()
+    async with tcp_server() as port:
+        prober.set_targets([Target("s", LO, port, FAST)])
+        await prober.start()
+        await until(lambda: len(rec.probes) >= 2)
+        await prober.stop()
+    assert calls >= 3 and all(result.ok for _, _, _, result in rec.probes)
+
+
+@aio
+async def test_targets_added_by_a_reload_are_spread_over_the_interval() -> None:
+    """Issue 14: no thundering herd after a reload either; each new check's first probe falls at
+    its own hashed phase of the interval, not at the moment of the reload."""
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(type="none", interval=0.2, timeout=0.1, initial_state="down")
+    prober.set_targets([Target("old", LO, 80, spec)])
+    await prober.start()
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    reloaded = loop.time()
+    prober.set_targets(Target("s", f"127.1.{i // 200}.{i % 200 + 1}", 80, spec) for i in range(400))
+    took = loop.time() - reloaded  # each first due time is within one interval of its own _add
+    await asyncio.sleep(0.25)
+    await prober.stop()
+    firsts: dict[CheckKey, float] = {}
+    for key, due, _, _ in rec.probes:
+        firsts.setdefault(key, due)
+    offsets = [due - reloaded for key, due in firsts.items() if key[1] != LO]
+    assert len(offsets) == 400 and all(0 <= o < 0.2 + took for o in offsets)
+    per_tenth = Counter(int((due % 0.2) / 0.02) for key, due in firsts.items() if key[1] != LO)
+    assert len(per_tenth) == 10 and max(per_tenth.values()) < 2 * 400 / 10

@@ -47,7 +47,7 @@ from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 if TYPE_CHECKING:
     from mhd.config.records import Config, ServiceConfig
     from mhd.daemon import Daemon, ReloadResult
-    from mhd.probing.checkers import CheckResult
+    from mhd.health import CheckResult
     from mhd.probing.prober import CheckKey, Target
 
 log = logging.getLogger("mhd.metrics")
@@ -397,7 +397,7 @@ class _Families:
         self.inconclusive = Family(
             "mhd_check_inconclusive",
             "counter",
-            "Probes of the server that timed out while mhd's event loop stalled: not counted as failures",
+            "Probes of the server not counted as failures: timed out while mhd's event loop stalled, or a fault of the director's own (out of fds, memory, buffers, source address)",
             s,
         )
         self.share = Family(

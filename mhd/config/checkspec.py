@@ -32,6 +32,8 @@ class CheckSpec:
     port: int | None = None  # probe this port instead of the server's
     source_address: str | None = None  # bind probes to this local address
     initial_state: Literal["up", "down"] | None = None  # overrides the start-up rule
+    fast_interval: float | None = None  # while a streak runs against the state; None: interval
+    down_interval: float | None = None  # while down and not recovering; None: interval
 
     # http / https
     method: Literal["GET", "HEAD"] = "GET"

@@ -1,4 +1,4 @@
-/* _fast.c - the claim loop of ip_vs_mh_populate, compiled, for mhd.maglev.table.
+/* _fast.c - the claim loop of ip_vs_mh_populate, compiled, for mhd.maglev.populate.
  *
  * mhd.maglev.table models the kernel's Maglev lookup table slot for slot. Hashing, weights and all
  * checks stay in Python; this module only runs the population loop, which is a chain of

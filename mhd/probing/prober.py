@@ -9,11 +9,13 @@ Scheduling: each check fires at ``phase + k * interval`` on the loop clock, wher
 from a hash of the check, so that 1,000 servers configured at once do not fire at once, and the
 same server keeps the same phase across restarts of the loop. Due times advance by exactly one
 interval (no drift from probe duration); a probe can never overrun because ``timeout < interval``,
-and if the loop was starved the missed slots are skipped rather than fired in a burst.
+and if the loop was starved the missed slots are skipped rather than fired in a burst. The
+interval is the spec's, or its ``fast_interval`` while a server's streak runs against its state
+and its ``down_interval`` while it is down (`mhd.health.probe_interval`; both off by default).
 
-No task per check: due times are entries on the shared `mhd.probing.checkers.Timers` (one loop timer over
+No task per check: due times are entries on the shared `mhd.probing.timers.Timers` (one loop timer over
 a heap of tuples, waking at most once per `TICK`, 1 ms), whose callback starts the probe through
-`mhd.probing.checkers.Probes`, whose callback delivers the result and schedules the next slot. With
+`mhd.probing.tcp.Probes`, whose callback delivers the result and schedules the next slot. With
 10,000 TCP checks a second, a long-lived task per check awaiting its due time and its probe cost
 more CPU than the kernel's own work for the connect.
 
@@ -21,6 +23,12 @@ Starvation guard: a probe that timed out while this process's loop stood still f
 quarter of the timeout (`mhd.health.inconclusive`, measured by `Timers.stalled`) says nothing
 about the server. It is not counted; the check is re-run at once (once per slot, when that can
 finish before the next slot), and a warning says the loop was stalled.
+
+The director's own faults: a probe that could not run because this host is short of file
+descriptors, memory or socket buffers, or lost its source address (`CheckResult.local`, see
+`mhd.probing.errors.LOCAL_ERRNOS`) is not counted either; it is retried at the next slot. Both
+kinds are counted as inconclusive (`Counters.inconclusive`, the ``mhd_check_inconclusive``
+metric) and warned about at most once a minute each.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mhd.config.checkspec import CheckSpec
-from mhd.health import Health, Transition, inconclusive, initial, observe
-from mhd.probing.checkers import CheckResult, Probes, Timers, Token, timers
+from mhd.health import CheckResult, Health, Transition, inconclusive, initial, observe, probe_interval
+from mhd.probing.tcp import Probes
+from mhd.probing.timers import Timers, Token, timers
 
 log = logging.getLogger("mhd.health")
 stall_log = logging.getLogger("mhd.prober")
@@ -67,7 +76,7 @@ class Counters:
 
     probes: int = 0
     failures: int = 0
-    inconclusive: int = 0  # timeouts not counted: the loop was stalled during the probe
+    inconclusive: int = 0  # not counted: the loop stalled during the probe, or a local fault
     last_lag: float = 0.0  # seconds between the due time and the start of the last probe
     last_duration: float = 0.0
 
@@ -117,7 +126,15 @@ def next_due(due: float, now: float, interval: float) -> float:
     return due
 
 
-STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop
+def _interval(check: _Check) -> float:
+    """The shortest interval that a server of the check asks for (`mhd.health.probe_interval`)."""
+    spec = check.key[0]
+    if spec.fast_interval is None and spec.down_interval is None:
+        return spec.interval
+    return min((probe_interval(slot.health, spec) for slot in check.slots.values()), default=spec.interval)
+
+
+STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop (or about local faults)
 
 
 class Prober:
@@ -137,8 +154,8 @@ class Prober:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: Timers | None = None
         self._probes: Probes | None = None
-        self._stall_warned = -math.inf
-        self._stall_unwarned = 0
+        self._warned: dict[str, float] = {}  # loop time of the last warning, per cause
+        self._unwarned: dict[str, int] = {}  # inconclusive probes since then, per cause
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -255,13 +272,32 @@ class Prober:
         check.alarm = None
         check.due = due = check.slot
         check.lag = self._loop.time() - due
+        self._start(check)
+
+    def _start(self, check: _Check) -> None:
+        """Start the check's probe. The engine reports its errors as results; should starting
+        fail all the same, the check is not lost but tried again at the next slot."""
+        assert self._loop is not None and self._probes is not None
         spec, address, port, service = check.key
-        check.probe = self._probes.start(spec, address, port, service, self._done, check)
+        try:
+            check.probe = self._probes.start(spec, address, port, service, self._done, check)
+        except Exception:
+            log.exception(
+                "could not start a %s probe of %s port %d: tried again at the next slot",
+                spec.type,
+                address,
+                port,
+            )
+            check.probe = None
+            self._schedule(check, next_due(check.slot, self._loop.time(), _interval(check)))
 
     def _done(self, check: _Check, result: CheckResult, ended: float) -> None:
         assert self._loop is not None
         check.probe = None
         spec = check.key[0]
+        if result.local:
+            self._inconclusive(check, result)
+            return
         if result.timed_out:
             assert self._timers is not None
             stalled = self._timers.stalled(ended - result.latency, ended)
@@ -269,38 +305,50 @@ class Prober:
                 self._inconclusive(check, result, stalled)
                 return
         self._deliver(check, result)
-        self._schedule(check, next_due(check.slot, self._loop.time(), spec.interval))
+        self._schedule(check, next_due(check.slot, self._loop.time(), _interval(check)))
 
-    def _inconclusive(self, check: _Check, result: CheckResult, stalled: float) -> None:
-        """A timeout while the loop stood still is not the server's fault: count nothing, and
-        re-check now if that can finish before the next slot, else wait for the next slot."""
+    def _inconclusive(self, check: _Check, result: CheckResult, stalled: float = 0.0) -> None:
+        """A timeout while the loop stood still, or a fault of the director's own, is not the
+        server's: count nothing, and re-check now if that can finish before the next slot, else
+        wait for the next slot. A local fault (out of fds, memory) waits for the next slot: at
+        once, it would most likely meet the same shortage."""
         assert self._loop is not None and self._probes is not None
         self._deliver(check, result, count=False)
-        self._warn_stall(check, stalled, result)
-        spec, address, port, service = check.key
+        self._warn(check, result, stalled)
+        spec = check.key[0]
         now = self._loop.time()
-        slot = next_due(check.slot, now, spec.interval)
-        if not check.rechecked and now + spec.timeout < slot:
+        slot = next_due(check.slot, now, _interval(check))
+        if not check.rechecked and not result.local and now + spec.timeout < slot:
             check.rechecked = True
             check.due, check.lag = now, 0.0
-            check.probe = self._probes.start(spec, address, port, service, self._done, check)
+            self._start(check)
         else:
             self._schedule(check, slot)
 
-    def _warn_stall(self, check: _Check, stalled: float, result: CheckResult) -> None:
+    def _warn(self, check: _Check, result: CheckResult, stalled: float) -> None:
+        """At most one warning per `STALL_WARN_EVERY` for each of the two causes."""
         assert self._loop is not None
         now = self._loop.time()
-        if now - self._stall_warned < STALL_WARN_EVERY:
-            self._stall_unwarned += 1
+        kind = "local" if result.local else "stall"
+        if now - self._warned.get(kind, -math.inf) < STALL_WARN_EVERY:
+            self._unwarned[kind] = self._unwarned.get(kind, 0) + 1
             return
         spec, address, port, _ = check.key
-        since = f"; {self._stall_unwarned} more since the last warning" if self._stall_unwarned else ""
-        stall_log.warning(
-            "event loop stalled for %.0f ms during a %s probe of %s port %d (%s): not counted "
-            "as a failure%s",
-            stalled * 1000, spec.type, address, port, result.detail, since,
-        )  # fmt: skip
-        self._stall_warned, self._stall_unwarned = now, 0
+        unwarned = self._unwarned.pop(kind, 0)
+        since = f"; {unwarned} more since the last warning" if unwarned else ""
+        if result.local:
+            stall_log.warning(
+                "a %s probe of %s port %d could not run (%s): the director's own fault, not "
+                "counted against the server, retried at the next interval%s",
+                spec.type, address, port, result.detail, since,
+            )  # fmt: skip
+        else:
+            stall_log.warning(
+                "event loop stalled for %.0f ms during a %s probe of %s port %d (%s): not counted "
+                "as a failure%s",
+                stalled * 1000, spec.type, address, port, result.detail, since,
+            )  # fmt: skip
+        self._warned[kind] = now
 
     def _deliver(self, check: _Check, result: CheckResult, *, count: bool = True) -> None:
         if self._on_probe is not None:
