@@ -24,6 +24,7 @@ DURATION_BOUNDS = {
     "check.interval": (0.01, 3600.0),
     "check.timeout": (0.001, 3600.0),
 }
+OTHER_DURATIONS = (0.001, 3600.0)  # a duration key not listed above: still finite and bounded
 T = TypeVar("T")
 
 
@@ -78,7 +79,7 @@ class FieldReader:
         else:
             self.error(node, f"{what} must be a duration such as 500ms, 2s or 1m, not {shown(value)}")
             return None
-        lo, hi = DURATION_BOUNDS[what]
+        lo, hi = DURATION_BOUNDS.get(what, OTHER_DURATIONS)
         if not lo <= seconds <= hi:  # also false for .nan
             self.error(
                 node,
