@@ -69,7 +69,9 @@ def loads(text: str, file: str = "<config>", mh_slots: int | None = None, sha256
     objects in acyclic trees, and the collections they trigger rescan them all again, which was
     45 % of the load time (0.61 s -> 0.33 s on the host)."""
     with gc_paused():
-        return validate(parse(text, file), file, mh_slots, sha256 or hashlib.sha256(text.encode()).hexdigest())[0]
+        return validate(
+            parse(text, file), file, mh_slots, sha256 or hashlib.sha256(text.encode()).hexdigest()
+        )[0]
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "c
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
 API_KEYS = ("listen", "socket", "socket-mode", "socket-group", "token-file")
 KERNEL_KEYS = ("module", "mh-tab-index")
+
+
 class _Validator(CheckReader):
     """Walks the located tree once, collecting every problem instead of stopping at the first."""
 
@@ -196,7 +200,10 @@ class _Validator(CheckReader):
             elif isinstance(sock, str) and "\0" not in sock:
                 api = replace(api, socket=sock)
             else:
-                self.error(m["socket"], f"api.socket must be a path such as /run/mhd/mhd.sock, or empty, not {shown(sock)}")
+                self.error(
+                    m["socket"],
+                    f"api.socket must be a path such as /run/mhd/mhd.sock, or empty, not {shown(sock)}",
+                )
         if "socket-mode" in m:
             mode = m["socket-mode"].value
             if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3}", mode.strip()):
@@ -326,7 +333,8 @@ class _Validator(CheckReader):
             if pct <= 100:
                 return MinHealthy(percent=pct)
         self.error(
-            node, f'min-healthy must be a count (such as 2) or a percentage (such as "50%"), not {shown(value)}'
+            node,
+            f'min-healthy must be a count (such as 2) or a percentage (such as "50%"), not {shown(value)}',
         )
         return MinHealthy()
 
@@ -374,10 +382,14 @@ class _Validator(CheckReader):
         if isinstance(node.value, str):
             parsed = _parse_endpoint(node.value, default_port)
             if parsed is None:
-                self.error(node, f"server {shown(node.value)} is not address, address:port or [v6address]:port")
+                self.error(
+                    node, f"server {shown(node.value)} is not address, address:port or [v6address]:port"
+                )
                 return None
             if parsed[1] == 0 and not (key and key.fwmark):  # as the mapping form: port 0 is fwmark's
-                self.error(node, f"server {shown(node.value)}: port 0 is only for fwmark services; give 1..65535")
+                self.error(
+                    node, f"server {shown(node.value)}: port 0 is only for fwmark services; give 1..65535"
+                )
                 return None
             return ServerConfig(parsed[0], parsed[1], 1, forward, check)
         m = self.mapping(node, SERVER_KEYS, "a server")

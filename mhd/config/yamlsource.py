@@ -265,7 +265,9 @@ class _Builder:
         self.left = MAX_NODES
 
     def problem(self, node: yaml.Node, path: str, message: str) -> None:
-        self.problems.append(Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, path, message))
+        self.problems.append(
+            Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, path, message)
+        )
 
     def convert(self, node: yaml.Node, path: str, depth: int) -> Located:
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
@@ -276,11 +278,15 @@ class _Builder:
             tag = _implicit_tag(node.value) if node.tag == _PLAIN else node.tag
             return Located(node.value if tag == _STR else self.scalar(node, tag, path), line, col, path)
         if depth > MAX_DEPTH:
-            self.problem(node, path, f"nested more than {MAX_DEPTH} levels deep (an alias inside its own anchor?)")
+            self.problem(
+                node, path, f"nested more than {MAX_DEPTH} levels deep (an alias inside its own anchor?)"
+            )
             return Located(None, line, col, path)
         if isinstance(node, yaml.MappingNode):
             if node.tag != _MAP:
-                self.problem(node, path, f"the tag {short_tag(node.tag)} is not supported on a mapping: remove it")
+                self.problem(
+                    node, path, f"the tag {short_tag(node.tag)} is not supported on a mapping: remove it"
+                )
             return Located(self.mapping(node, path, depth), line, col, path)
         if node.tag != _SEQ:
             self.problem(node, path, f"the tag {short_tag(node.tag)} is not supported on a list: remove it")
@@ -297,7 +303,11 @@ class _Builder:
     def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Located]:
         out: dict[str, Located] = {}
         for key_node, value_node in node.value:
-            if key_node.__class__ is yaml.ScalarNode and key_node.tag == _PLAIN and _implicit_tag(key_node.value) == _STR:
+            if (
+                key_node.__class__ is yaml.ScalarNode
+                and key_node.tag == _PLAIN
+                and _implicit_tag(key_node.value) == _STR
+            ):
                 key = key_node.value  # the usual key: a plain string, no Located needed
             else:
                 raw = self.convert(key_node, path, depth + 1).value
@@ -316,14 +326,24 @@ class _Builder:
         """A scalar that is not a string: typed by its tag, or a problem and None."""
         explicit = node.tag != _PLAIN
         value = node.value
-        if tag == _INT and value.isascii() and value.isdigit() and (value[0] != "0" or value == "0") and len(value) < 100:
+        if (
+            tag == _INT
+            and value.isascii()
+            and value.isdigit()
+            and (value[0] != "0" or value == "0")
+            and len(value) < 100
+        ):
             return int(value)  # not octal, not too long for int() (Python refuses 4,300 digits)
         if tag == _MERGE:
             self.problem(node, path, "merge keys (<<) are not supported: write the keys out")
             return None
         if explicit and tag not in _SCALAR_TAGS:
-            self.problem(node, path, f"the tag {short_tag(tag)} is not supported: mhd reads strings, numbers, "
-                         "true/false and null; remove the tag")
+            self.problem(
+                node,
+                path,
+                f"the tag {short_tag(tag)} is not supported: mhd reads strings, numbers, "
+                "true/false and null; remove the tag",
+            )
             return None
         try:
             return _CONSTRUCTOR.construct_object(yaml.ScalarNode(tag, value, node.start_mark, node.end_mark))
