@@ -242,3 +242,8 @@ def test_an_unquoted_date_is_shown_as_written() -> None:
         == "t.yaml:2:12: state-dir: state-dir must be a string, not a date (quote it to make it a string) ('2001-12-14')"
     )
     assert not any("datetime" in p for p in out)
+
+
+def test_a_huge_key_or_value_makes_a_short_message() -> None:
+    out = problems("services: []\n? " + "k" * 100_000 + "\n: 1\nstate-dir: [" + "x" * 100_000 + "]\n")
+    assert len(out) == 2 and all(len(p) < 400 for p in out), [len(p) for p in out]

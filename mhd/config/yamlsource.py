@@ -314,7 +314,8 @@ class _Builder:
                 if isinstance(raw, dict | list):
                     self.problem(key_node, path, f"a key must be a plain value, not {shown(raw)}")
                 key = str(plain(raw))
-            sub = f"{path}.{key}" if path else key
+            name = key if len(key) <= 80 else key[:77] + "..."  # the path is for messages
+            sub = f"{path}.{name}" if path else name
             if key in out:
                 self.problem(key_node, sub, "duplicate key: remove one of the two")
             item = self.convert(value_node, sub, depth + 1)
