@@ -24,8 +24,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from mhd import __version__, kernel, sdnotify
-from mhd.config.reload import ConfigReloader, Replaced
-from mhd.config.validate import DEFAULT_CONFIGS, Config, ServiceConfig, find_config
+from mhd.config.diff import Replaced, changed_services, replaced_services
+from mhd.config.records import Config, ServiceConfig
+from mhd.config.reload import ConfigReloader
+from mhd.config.validate import DEFAULT_CONFIGS, find_config
 from mhd.config.yamlsource import ConfigError
 from mhd.health import CheckResult, Health, Transition
 from mhd.ipvs import IpvsClient
@@ -40,12 +42,40 @@ log = logging.getLogger("mhd")
 
 
 def targets(services: Iterable[ServiceConfig]) -> dict[tuple[str, DestKey], Target]:
-    """One health target per (service, server), with the server's merged check."""
+    """One health target per (service, server), with the server's merged check.
+
+    Here in the shell rather than with the pure diff helpers (`mhd.config.diff`): `Target` is the
+    prober's type, and the core imports no probing module."""
     return {
         (svc.name, s.key): Target(svc.name, str(s.address), s.port, s.check)
         for svc in services
         for s in svc.servers
     }
+
+
+class ErrorLog:
+    """Unexpected errors of the loops, logged with their traceback once per distinct error until
+    things work again: a failure that recurs every interval would otherwise flood the journal."""
+
+    LIMIT = 100  # distinct errors remembered; beyond that, repeats are logged again
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def report(self, where: str, exc: Exception) -> None:
+        text = f"{where}: {type(exc).__name__}: {exc}"
+        if text in self.seen:
+            log.debug("again: unexpected error in %s", text)
+            return
+        if len(self.seen) >= self.LIMIT:
+            self.seen.clear()
+        self.seen.add(text)
+        log.error("unexpected error in %s; the daemon keeps serving and retries", text, exc_info=exc)
+
+    def recovered(self, what: str) -> None:
+        if self.seen:
+            log.info("%s work again", what)
+            self.seen.clear()
 
 
 class Daemon:
@@ -78,6 +108,7 @@ class Daemon:
         self._pending: set[ServiceKey] = set()
         self._main: asyncio.Task[Any] | None = None
         self._reloader = ConfigReloader()
+        self._load_errors, self._loop_errors = ErrorLog(), ErrorLog()
         self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
 
     # --- config ----------------------------------------------------------------------------------
@@ -144,34 +175,63 @@ class Daemon:
         self._wake.set()
         return future
 
-    def _reload(self) -> ReloadResult:
+    async def _reload(self) -> ReloadResult:
+        """Reload, with the file read and parsed in a worker thread.
+
+        The parse is bounded (MAX_BYTES, MAX_NODES in `mhd.config.yamlsource`), but a file near the
+        bounds still takes seconds; on the event loop that would stall the probes, the API and the
+        watchdog pings for as long. In a thread the loop still runs: the interpreter hands it the
+        GIL every switch interval (5 ms), even during libyaml's compose, which calls the Python
+        resolver once per node (the test has the load wait for the loop). The thread shares only
+        the reloader, which nothing else uses while the main loop awaits it; the new config is
+        adopted back on the loop."""
         sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         started = time.monotonic()
+        return self._reloaded(await asyncio.to_thread(self._load_or_errors), started)
+
+    def _load_or_errors(self) -> Config | list[str]:
+        """The new config, or the messages that say why there is none. Never raises: whatever a file
+        does to the loader, the daemon keeps its running config."""
         try:
-            config = self._load()
+            return self._load()
         except ConfigError as exc:
-            errors = [str(p) for p in exc.problems]
-            for e in errors:
+            return [str(p) for p in exc.problems]
+        except Exception as exc:  # a loader bug must not end the daemon
+            self._load_errors.report(f"loading {self.config_path}", exc)
+            return [f"{self.config_path}: unexpected error while loading it ({type(exc).__name__}: {exc})"]
+
+    def _reloaded(self, loaded: Config | list[str], started: float) -> ReloadResult:
+        if isinstance(loaded, list):
+            for e in loaded:
                 log.error("reload rejected, keeping the running config: %s", e)
-            result = ReloadResult(False, time.time(), errors)
+            result = ReloadResult(False, time.time(), loaded)
         else:
-            assert self.config is not None
-            if config.state_dir != self.config.state_dir and not self.state_dir_override:
-                log.warning(
-                    "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
-                )
-            replaced = self._reloader.replaced or replaced_services(self.config, config)
-            changed = changed_services(self.config, config, replaced)
-            self._adopt(config, replaced)
-            self._pending |= changed
-            log.info(
-                "reloaded %s: %d services changed (read and adopted in %.3fs)",
-                self.config_path, len(changed), time.monotonic() - started,
-            )  # fmt: skip
-            result = ReloadResult(True, time.time(), [], config.sha256)
+            try:
+                self._switch_to(loaded, started)
+            except Exception as exc:  # the next full pass works from self.config
+                self._load_errors.report(f"adopting {self.config_path}", exc)
+                errors = [f"{self.config_path}: unexpected error while adopting it ({type(exc).__name__}: {exc})"]
+                result = ReloadResult(False, time.time(), errors)
+            else:
+                result = ReloadResult(True, time.time(), [], loaded.sha256)
         self.last_reload = result
         self.reload_counts["ok" if result.ok else "error"] += 1
         return result
+
+    def _switch_to(self, config: Config, started: float) -> None:
+        assert self.config is not None
+        if config.state_dir != self.config.state_dir and not self.state_dir_override:
+            log.warning(
+                "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
+            )
+        replaced = self._reloader.replaced or replaced_services(self.config, config)
+        changed = changed_services(self.config, config, replaced)
+        self._adopt(config, replaced)
+        self._pending |= changed
+        log.info(
+            "reloaded %s: %d services changed (read and adopted in %.3fs)",
+            self.config_path, len(changed), time.monotonic() - started,
+        )  # fmt: skip
 
     # --- reconcile -------------------------------------------------------------------------------
     async def reconcile_once(self, only: set[ServiceKey] | None = None) -> None:
@@ -183,6 +243,10 @@ class Daemon:
         except (NetlinkError, OSError) as exc:
             log.error("reconcile failed, retrying in %gs: %s", self.config.reconcile_interval, exc)
             return
+        except Exception as exc:  # a bug in one pass must not end the daemon
+            self._loop_errors.report(f"a reconcile pass (retrying in {self.config.reconcile_interval:g}s)", exc)
+            return
+        self._loop_errors.recovered("reconcile passes")
         self.reconciles += 1
         self._log_panics(outcome)
         # Status, metrics and new targets read the kernel as it is after this pass's writes.
@@ -241,17 +305,35 @@ class Daemon:
 
     async def main_loop(self) -> None:
         """Whole passes every reconcile-interval; scoped passes at once after reloads, health
-        transitions and drains. Reload waiters are answered after their changes reached the kernel."""
+        transitions and drains. Reload waiters are answered after their changes reached the kernel.
+
+        An iteration that fails on an unexpected error is logged and the loop waits for the next
+        interval: serving the last good state beats ending the daemon, which leaves no checks."""
         assert self.config is not None
         next_full = time.monotonic() + self.config.reconcile_interval
         while not self._stop.is_set():
             self._wake.clear()
-            waiters: list[asyncio.Future[ReloadResult]] = []
-            result: ReloadResult | None = None
+            try:
+                next_full = await self._iteration(next_full)
+            except Exception as exc:  # see the docstring
+                self._loop_errors.report("the main loop", exc)
+                next_full = time.monotonic() + self.config.reconcile_interval
+            if self._wake.is_set() or self._stop.is_set():
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
+
+    async def _iteration(self, next_full: float) -> float:
+        """One turn of the main loop: a pending reload, then a whole or scoped pass; returns when
+        the next whole pass is due."""
+        assert self.config is not None
+        waiters: list[asyncio.Future[ReloadResult]] = []
+        result: ReloadResult | None = None
+        try:
             if self._reload_requested:
                 self._reload_requested = False
                 waiters, self._reload_waiters = self._reload_waiters, []
-                result = self._reload()
+                result = await self._reload()
             if time.monotonic() >= next_full:
                 self._pending.clear()
                 await self.reconcile_once()
@@ -259,15 +341,17 @@ class Daemon:
             elif self._pending:
                 only, self._pending = self._pending, set()
                 await self.reconcile_once(only)
-            if result is not None:  # the reload's changes are in the kernel now (or it was rejected)
+        finally:  # the reload's changes are in the kernel now (or it was rejected, or a pass failed)
+            if result is not None:
                 sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
             for w in waiters:
-                if result is not None and not w.done():
-                    w.set_result(result)
-            if self._wake.is_set() or self._stop.is_set():
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
+                if not w.done():
+                    if result is not None:
+                        w.set_result(result)
+                    else:
+                        failed = ReloadResult(False, time.time(), ["the reload failed: see the daemon's log"])
+                        w.set_result(failed)
+        return next_full
 
     async def _watchdog(self, every: float) -> None:
         """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and systemd restarts us."""
@@ -373,25 +457,6 @@ class Daemon:
             self.state.unlock()
         log.info("stopped; IPVS left as it is")
         return 0
-
-
-def replaced_services(old: Config, new: Config) -> Replaced:
-    """The services of `old` that `new` does not hold as the very same object, and the new ones.
-
-    An incremental load (`mhd.config.reload`) reuses every service it did not re-read, so this is
-    the edit, found without hashing 1,000 keys; after a full load it is every service."""
-    kept = {id(s) for s in old.services} & {id(s) for s in new.services}
-    return tuple(s for s in old.services if id(s) not in kept), tuple(s for s in new.services if id(s) not in kept)
-
-
-def changed_services(
-    old: Config, new: Config, replaced: Replaced | None = None
-) -> set[ServiceKey]:
-    """Keys of the services a reload adds, removes or changes: what a scoped pass must look at."""
-    gone, came = replaced or replaced_services(old, new)
-    before = {s.key: s for s in gone}
-    after = {s.key: s for s in came}
-    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
 def build_parser() -> argparse.ArgumentParser:

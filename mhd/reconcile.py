@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mhd.config.validate import Config, ServiceConfig
+from mhd.config.records import Config, ServiceConfig
 from mhd.model import DestKey, Service, ServiceKey
 from mhd.planner import Desired, Op, apply_ops, plan, unmanaged
 from mhd.state import StateDir

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mhd.config.records import Config
 from mhd.config.reload import ConfigReloader
-from mhd.config.validate import Config, load
+from mhd.config.validate import load
 from mhd.config.yamlsource import ConfigError
 
 
@@ -83,6 +84,15 @@ EDIT_LINES = [
     "    address: 10.1.0.1",
     "    # ünïcode ✓",
     '    name: "s-ü"',
+    # hostile values inside one service: the shortcut must fail exactly as the full load does
+    "      - {address: 10.9.9.9, weight: !!int abc}",
+    "    port: !!timestamp abc",
+    "    check: {type: tcp, interval: .nan}",
+    "    check: {type: tcp, timeout: .inf}",
+    "    servers: [10.1.0.9:0]",
+    "    address: 10.1.0.\x00",
+    "    name: !foo x",
+    "    servers: !!set {a}",
 ]
 
 

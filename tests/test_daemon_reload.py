@@ -4,10 +4,16 @@ targets of edited services are replaced, and the result equals adopting the whol
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from mhd.config.diff import changed_services
 from mhd.config.validate import load
-from mhd.daemon import Daemon, changed_services, targets
+from mhd.daemon import Daemon, ReloadResult, targets
 from mhd.kernel import KernelInfo
 from mhd.planner import apply_ops
 from mhd.state import StateDir
@@ -40,7 +46,7 @@ def daemon(tmp_path: Path, text: str) -> Daemon:
 def reload(d: Daemon, text: str) -> set[str]:
     old = d.config
     Path(d.config_path).write_text(text)
-    assert d._reload().ok
+    assert asyncio.run(d._reload()).ok
     assert d.config is not None and old is not None
     return {s.name for s in (*old.services, *d.config.services) if s.key in changed_services(old, d.config)}
 
@@ -112,3 +118,122 @@ def test_status_sees_the_kernel_as_the_pass_left_it(tmp_path: Path) -> None:
     reload(d, config_text({"b2": 5}))
     asyncio.run(d.reconcile_once({key}))
     assert {dest.weight for dest in d.observed[key].dests} == {1, 5}
+
+
+BAD_FILES = {
+    "tagged": "services: []\nreconcile-interval: !!int abc\n",
+    "tag on a mapping": "services: []\nreconcile-interval: !!set {a, b}\n",
+    "nan": "services: []\nreconcile-interval: .nan\n",
+    "control character": "services: []\nstate-dir: /var/\x07lib\n",
+}
+
+
+@pytest.mark.parametrize("text", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_an_invalid_reload_keeps_the_running_config(tmp_path: Path, text: str) -> None:
+    d = daemon(tmp_path, config_text({}))
+    running, running_targets = d.config, dict(d.targets)
+    Path(d.config_path).write_text(text)
+    result = asyncio.run(d._reload())
+    assert not result.ok and result.errors[0].startswith(f"{d.config_path}:2:"), result.errors
+    assert d.config is running and d.targets == running_targets
+    assert d.reload_counts == {"ok": 0, "error": 1}
+
+
+def test_an_unexpected_loader_error_keeps_the_running_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loader bug (here injected) is an error result and one logged traceback, not the end of mhd."""
+    d = daemon(tmp_path, config_text({}))
+    running = d.config
+
+    def broken(_path: object) -> None:
+        raise RuntimeError("injected loader bug")
+
+    monkeypatch.setattr(d._reloader, "load", broken)
+    for _ in range(3):
+        result = asyncio.run(d._reload())
+        assert not result.ok and "injected loader bug" in result.errors[0]
+    assert d.config is running
+    tracebacks = [r for r in caplog.records if r.exc_info and "injected loader bug" in r.getMessage()]
+    assert len(tracebacks) == 1  # once, however often it recurs
+
+
+class FailingKernel:
+    """A kernel client whose every dump fails with an error no code path expects."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def services(self) -> object:
+        self.calls += 1
+        raise RuntimeError("injected pass failure")
+
+    async def service(self, key: object) -> object:
+        return await self.services()
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(2000):  # a bound on waiting, not an assertion on time
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def answer(future: asyncio.Future[ReloadResult]) -> ReloadResult:
+    """The reload's result; a loop that died would leave it unanswered (bounded: a failure, not a hang)."""
+    return await asyncio.wait_for(future, timeout=60)
+
+
+def test_the_main_loop_survives_failing_passes_and_any_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = daemon(tmp_path, "reconcile-interval: 100ms\n" + config_text({}))
+    kernel = FailingKernel()
+    d.client, d.state = kernel, StateDir(tmp_path / "state")  # type: ignore[assignment]
+    good = Path(d.config_path).read_text()
+
+    async def scenario() -> None:
+        main = asyncio.create_task(d.main_loop())
+        await wait_until(lambda: kernel.calls >= 3, "three failed passes")
+        for text in BAD_FILES.values():
+            Path(d.config_path).write_text(text)
+            assert not (await answer(d.request_reload())).ok
+        Path(d.config_path).write_text(good.replace("weight: 1", "weight: 2", 1))
+        assert (await answer(d.request_reload())).ok
+        await wait_until(lambda: kernel.calls >= 6, "passes after the reloads")
+        assert not main.done()
+        d.stop()
+        await asyncio.gather(main, return_exceptions=True)
+
+    asyncio.run(scenario())
+    failures = [r for r in caplog.records if "injected pass failure" in r.getMessage() and r.levelno >= logging.ERROR]
+    assert len(failures) == 1 and "reconcile pass" in failures[0].getMessage()
+    assert d.reload_counts == {"ok": 1, "error": len(BAD_FILES)}
+
+
+def test_a_reload_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a big file is parsed, the loop keeps running probes, the API and the watchdog: here the
+    load waits for a callback that only a running loop can deliver."""
+    d = daemon(tmp_path, config_text({}))
+    d.client, d.state = ModelKernel(), StateDir(tmp_path / "state")  # type: ignore[assignment]
+    loop_ran = threading.Event()
+    real_load = d._reloader.load
+    seen: list[bool] = []
+
+    def slow_load(path: str) -> object:
+        seen.append(loop_ran.wait(timeout=10))  # on the loop's own thread this could only time out
+        return real_load(path)
+
+    monkeypatch.setattr(d._reloader, "load", slow_load)
+
+    async def scenario() -> None:
+        main = asyncio.create_task(d.main_loop())
+        future = d.request_reload()
+        asyncio.get_running_loop().call_later(0.01, loop_ran.set)
+        assert (await answer(future)).ok
+        d.stop()
+        await asyncio.gather(main, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert seen == [True]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mhd.config.diff import changed_services
 from mhd.config.validate import loads
-from mhd.daemon import changed_services
 from mhd.reconcile import desired_state, membership
 
 

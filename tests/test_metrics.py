@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.util
 import math
@@ -151,7 +152,7 @@ def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("services: [{name: Bad}]\n")
     d.config_path = str(broken)
-    assert not d._reload().ok  # the daemon's own reload path counts it
+    assert not asyncio.run(d._reload()).ok  # the daemon's own reload path counts it
     for hook in d.hooks:
         hook()
     s = scrape(metrics)

@@ -23,7 +23,7 @@ import time
 from aiohttp import web
 
 from mhd.api.responses import ApiError
-from mhd.config.validate import ApiConfig
+from mhd.config.records import ApiConfig
 
 log = logging.getLogger("mhd.api")
 

@@ -46,7 +46,7 @@ from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 
 if TYPE_CHECKING:
     from mhd.config.checkspec import CheckSpec
-    from mhd.config.validate import Config, ServiceConfig
+    from mhd.config.records import Config, ServiceConfig
     from mhd.health import CheckResult
     from mhd.maglev.params import Model
 

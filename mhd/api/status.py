@@ -32,7 +32,7 @@ from mhd.model import (
 
 if TYPE_CHECKING:
     from mhd.api.view import DaemonView
-    from mhd.config.validate import ServerConfig, ServiceConfig
+    from mhd.config.records import ServerConfig, ServiceConfig
 
 ServiceState = Literal["ok", "degraded", "panic", "down"]
 SERVICE_STATES: tuple[str, ...] = ("ok", "degraded", "panic", "down")

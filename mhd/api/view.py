@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from mhd.config.checkspec import CheckSpec
-from mhd.config.validate import Config
+from mhd.config.records import Config
 from mhd.health import CheckResult, Health
 from mhd.maglev.params import Variant
 from mhd.model import DestKey, Service, ServiceKey

@@ -1,3 +1,4 @@
-"""The configuration: records and validation with positions (validate), the YAML source with line
-numbers (yamlsource), the check settings (checkspec) and incremental reloads (reload). Pure: no I/O
-beyond reading the file."""
+"""The configuration, pure (no I/O beyond reading the file): the YAML source with line numbers and
+bounds (yamlsource); what a config is (records, checkspec); how a file becomes one, with every
+problem at its file:line (fields: one value, checks: a check block, validate: the file); incremental
+reloads (reload) and what a reload changed (diff)."""

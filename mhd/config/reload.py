@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from mhd.config.checkspec import CheckSpec
-from mhd.config.validate import Config, ServiceConfig, _Validator, load, validate
-from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate
+from mhd.config.diff import Replaced
+from mhd.config.records import Config, ServiceConfig
+from mhd.config.validate import Inherited, load, validate, validate_services
+from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate, read
 from mhd.model import ServiceKey
 
 # An anchor (&a) or alias (*a) ties distant parts of the file together: no shortcut then. This also
@@ -48,15 +49,11 @@ class _Snapshot:
     starts: list[int]  # byte offset of the line that starts each service ("- ...")
     lines: list[int]  # 0-based number of that line
     end: int  # byte offset of the line after the list
-    defaults: dict[str, Located]
-    default_check: CheckSpec
-    slots: int | None  # the MH table size the validator used
+    inherited: Inherited  # what an edited service is validated against
     names: frozenset[str]  # of every service: an edit must not duplicate one
     keys: frozenset[ServiceKey]
 
 
-# The services a reload dropped and those it brought (changed ones appear in both).
-Replaced = tuple[tuple[ServiceConfig, ...], tuple[ServiceConfig, ...]]
 
 
 @dataclass(frozen=True)
@@ -79,10 +76,7 @@ class ConfigReloader:
     def load(self, path: str | Path) -> Config:
         """Read and validate `path`, like `mhd.config.validate.load`. Raises ConfigError listing every problem."""
         file = str(path)
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            return load(path, self.mh_slots)  # its error says what went wrong
+        data = read(path)
         sha256 = hashlib.sha256(data).hexdigest()
         last = self._last
         self.replaced = None
@@ -100,13 +94,19 @@ class ConfigReloader:
         with gc_paused():  # as in config.loads: no collections over the trees being built
             root = compose(text, file)
             tree = Located({}, 1, 1) if root is None else locate(root, "", file)
-            config, validator = validate(tree, file, self.mh_slots, sha256)
-        self._last = _snapshot(file, self.mh_slots, data, text, root, config, validator)
+            config, inherited = validate(tree, file, self.mh_slots, sha256)
+        self._last = _snapshot(file, self.mh_slots, data, text, root, config, inherited)
         return config
 
 
 def _snapshot(
-    file: str, mh_slots: int | None, data: bytes, text: str, root: yaml.Node | None, config: Config, v: _Validator
+    file: str,
+    mh_slots: int | None,
+    data: bytes,
+    text: str,
+    root: yaml.Node | None,
+    config: Config,
+    inherited: Inherited,
 ) -> _Snapshot | None:
     """What a later load needs to re-read only the changed services; None when no shortcut is safe."""
     if root is None or _ANCHOR_OR_ALIAS.search(text) or _OTHER_BREAKS.search(text):
@@ -125,7 +125,7 @@ def _snapshot(
     keys = frozenset(s.key for s in config.services)
     return _Snapshot(
         file, mh_slots, data, config, column, [offsets[n] for n in starts], starts, offsets[end],
-        v.defaults, v.default_check, v.mh_slots, names, keys,
+        inherited, names, keys,
     )  # fmt: skip
 
 
@@ -268,12 +268,8 @@ def _reread(
             if root.start_mark.column != last.column:
                 return None
             items = [locate(node, f"services[{index + k}]", file) for k, node in enumerate(root.value)]
+        services = validate_services(items, file, last.inherited)
     except ConfigError:
-        return None
-    v = _Validator(file, last.slots)
-    v.default_check = last.default_check
-    services = tuple(s for item in items if (s := v.service(item, last.defaults)) is not None)
-    if v.problems or len(services) != len(items):
         return None
     offsets = _line_offsets(raw, starts[-1])
     return services, [base_offset + offsets[n] for n in starts], [base_line + n for n in starts]

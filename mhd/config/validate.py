@@ -1,4 +1,4 @@
-"""`/etc/mhd.yaml`: parsing and validation into immutable records.
+"""`/etc/mhd.yaml`: parsing and validation into the immutable records of `mhd.config.records`.
 
 Every problem is collected in one pass and reported with file:line:column, the key path and the fix,
 because an operator editing a production config wants the whole list at once, not one error per
@@ -12,161 +12,36 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
 
-from mhd.config.checkspec import CHECK_TYPES, CheckSpec
-from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse
+from mhd.config.checks import CheckReader
+from mhd.config.checkspec import CheckSpec
+from mhd.config.records import (
+    DEFAULT_STATE_DIR,
+    ApiConfig,
+    Config,
+    KernelConfig,
+    MinHealthy,
+    ServerConfig,
+    ServiceConfig,
+)
+from mhd.config.yamlsource import ConfigError, Located, Problem, gc_paused, parse, read, shown
 from mhd.model import (
     FORWARD_METHODS,
     MH_FALLBACK,
     MH_PORT,
     NO_SCHEDULER,
     PROTOCOLS,
-    Dest,
     DestKey,
     IPAddress,
-    Service,
     ServiceKey,
     mh_table_size,
-    parse_ip,
 )
 
 DEFAULT_CONFIGS = ("/etc/mhd/mhd.yaml", "/etc/mhd.yaml")
-DEFAULT_STATE_DIR = "/var/lib/mhd"
-DEFAULT_LISTEN = "127.0.0.1:9180"
-DEFAULT_SOCKET = "/run/mhd/mhd.sock"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
-QTYPES = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "ANY")
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class MinHealthy:
-    """How many servers must stay in IPVS before health removals stop (panic)."""
-
-    count: int = 1
-    percent: float | None = None
-
-    def required(self, configured: int) -> int:
-        if self.percent is not None:
-            import math
-
-            return max(1, math.ceil(configured * self.percent / 100.0)) if configured else 0
-        return min(self.count, configured)
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    address: IPAddress
-    port: int
-    weight: int
-    forward: int
-    check: CheckSpec
-
-    @cached_property
-    def key(self) -> DestKey:
-        return DestKey(self.address, self.port)
-
-    def dest(self) -> Dest:
-        return Dest(self.key, self.weight, self.forward)
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    name: str
-    key: ServiceKey
-    scheduler: str
-    flags: int
-    servers: tuple[ServerConfig, ...]
-    check: CheckSpec
-    min_healthy: MinHealthy = MinHealthy()
-
-    def service(self, members: set[DestKey] | None = None) -> Service:
-        """The kernel service with `members` (default: every configured server) as destinations."""
-        if members is not None and len(members) == len(self.servers):
-            members = None  # members are servers of this service: all of them, no lookups needed
-        dests = tuple(s.dest() for s in self.servers if members is None or s.key in members)
-        netmask = 128 if self.key.family == socket.AF_INET6 else 0xFFFFFFFF
-        return Service(self.key, self.scheduler, self.flags, 0, netmask, dests)
-
-    def server(self, text: str) -> ServerConfig | None:
-        """Find a server by `addr`, `addr:port` or `[v6]:port` as an operator would type it."""
-        for s in self.servers:
-            if text in (str(s.key), str(s.address), f"{s.address}:{s.port}"):
-                return s
-        return None
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    listen: str | None = DEFAULT_LISTEN  # host:port, or None to disable TCP
-    socket: str | None = DEFAULT_SOCKET
-    socket_mode: int = 0o660
-    socket_group: str | None = None
-    token_file: str | None = None
-
-
-@dataclass(frozen=True)
-class KernelConfig:
-    module: str = "auto"  # auto | intree | backport
-    mh_tab_index: int | None = None  # override detection of CONFIG_IP_VS_MH_TAB_INDEX
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    sha256: str
-    services: tuple[ServiceConfig, ...]
-    reconcile_interval: float = 10.0
-    state_dir: str = DEFAULT_STATE_DIR
-    api: ApiConfig = ApiConfig()
-    kernel: KernelConfig = KernelConfig()
-
-    def by_name(self, name: str) -> ServiceConfig | None:
-        return next((s for s in self.services if s.name == name), None)
-
-    @cached_property
-    def server_count(self) -> int:
-        return sum(len(s.servers) for s in self.services)
-
-    @cached_property
-    def by_key(self) -> dict[ServiceKey, ServiceConfig]:
-        return {s.key: s for s in self.services}
-
-    def edited(
-        self,
-        services: tuple[ServiceConfig, ...],
-        sha256: str,
-        dropped: tuple[ServiceConfig, ...],
-        added: tuple[ServiceConfig, ...],
-    ) -> Config:
-        """This config with `services`, in which `added` replaced `dropped`: the derived indexes are
-        carried over and patched (a dict copy keeps its hashes) instead of rebuilt from every service."""
-        new = replace(self, services=services, sha256=sha256)
-        if "by_key" in self.__dict__:
-            index = dict(self.by_key)
-            for svc in dropped:
-                del index[svc.key]
-            index.update((svc.key, svc) for svc in added)
-            new.__dict__["by_key"] = index
-        if "server_count" in self.__dict__:
-            change = sum(len(s.servers) for s in added) - sum(len(s.servers) for s in dropped)
-            new.__dict__["server_count"] = self.server_count + change
-        return new
-
-    def schedulers(self) -> set[str]:
-        return {s.scheduler for s in self.services}
 
 
 def find_config(path: str | None) -> str:
@@ -179,10 +54,7 @@ def find_config(path: str | None) -> str:
 def load(path: str | Path, mh_slots: int | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError listing every problem."""
     file = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([Problem(file, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    data = read(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -197,18 +69,42 @@ def loads(text: str, file: str = "<config>", mh_slots: int | None = None, sha256
     objects in acyclic trees, and the collections they trigger rescan them all again, which was
     45 % of the load time (0.61 s -> 0.33 s on the host)."""
     with gc_paused():
-        return validate(parse(text, file), file, mh_slots, sha256 or hashlib.sha256(text.encode()).hexdigest())[0]
+        return validate(
+            parse(text, file), file, mh_slots, sha256 or hashlib.sha256(text.encode()).hexdigest()
+        )[0]
 
 
-def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, _Validator]:
-    """The config of a parsed file, and the validator that holds what services inherit (defaults,
-    default check, MH slots): `mhd.config.reload` validates edited services against it alone."""
+@dataclass(frozen=True)
+class Inherited:
+    """What every service of a file inherits from the rest of it: the `defaults` block, the default
+    check built from it, and the MH table size (which `kernel.mh-tab-index` may set). An edited
+    service validated against this alone is what a full load of the edited file makes of it."""
+
+    defaults: dict[str, Located]
+    check: CheckSpec
+    mh_slots: int | None
+
+
+def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, Inherited]:
+    """The config of a parsed file, and what its services inherit (for `validate_services`)."""
     v = _Validator(file, mh_slots)
     config = v.config(root, sha256)
     if v.problems:
         raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
     assert config is not None
-    return config, v
+    return config, Inherited(v.defaults, v.default_check, v.mh_slots)
+
+
+def validate_services(items: Sequence[Located], file: str, inherited: Inherited) -> tuple[ServiceConfig, ...]:
+    """Items of a `services` list validated on their own against what they inherit (the seam that
+    `mhd.config.reload` re-reads an edit through). Raises ConfigError; names and virtual services
+    are not compared with the rest of the file: the caller does that."""
+    v = _Validator(file, inherited.mh_slots)
+    v.defaults, v.default_check = inherited.defaults, inherited.check
+    services = tuple(s for item in items if (s := v.service(item, inherited.defaults)) is not None)
+    if v.problems or len(services) != len(items):
+        raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
+    return services
 
 
 # --- validation -------------------------------------------------------------------------------------
@@ -233,113 +129,17 @@ DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "c
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
 API_KEYS = ("listen", "socket", "socket-mode", "socket-group", "token-file")
 KERNEL_KEYS = ("module", "mh-tab-index")
-CHECK_KEYS = (
-    "type",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "port",
-    "source-address",
-    "initial-state",
-    "method",
-    "path",
-    "host",
-    "expect-status",
-    "body-regex",
-    "tls-verify",
-    "sni",
-    "client-cert",
-    "client-key",
-    "payload",
-    "expect",
-    "query-name",
-    "query-type",
-    "expect-rcode",
-    "command",
-)
-CHECK_FIELDS = {k: k.replace("-", "_") for k in CHECK_KEYS} | {"expect": "expect_regex"}
 
 
-class _Validator:
+class _Validator(CheckReader):
     """Walks the located tree once, collecting every problem instead of stopping at the first."""
 
     def __init__(self, file: str, mh_slots: int | None) -> None:
-        self.file = file
+        super().__init__(file)
         self.mh_slots = mh_slots
-        self.problems: list[Problem] = []
         self.default_check = CheckSpec()
         self.defaults: dict[str, Located] = {}
         self.identities: list[tuple[str | None, ServiceKey | None, Located]] = []
-
-    # helpers ------------------------------------------------------------------------------------
-    def error(self, node: Located, message: str, *, at_key: bool = False) -> None:
-        line, col = (node.key_line, node.key_column) if at_key and node.key_line else (node.line, node.column)
-        self.problems.append(Problem(self.file, line, col, node.path, message))
-
-    def mapping(self, node: Located, allowed: tuple[str, ...], what: str) -> dict[str, Located] | None:
-        if not isinstance(node.value, dict):
-            self.error(node, f"{what} must be a mapping (key: value), not {_kind(node.value)}")
-            return None
-        for key, item in node.value.items():
-            if key not in allowed:
-                close = did_you_mean(key, allowed)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(allowed)}"
-                self.error(item, f"unknown key '{key}' in {what}{hint}", at_key=True)
-        return dict(node.value)
-
-    def typed(self, node: Located, kind: type[T] | tuple[type, ...], what: str) -> T | None:
-        value = node.value
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            self.error(node, f"{what} must be a number, not a boolean")
-            return None
-        if not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            self.error(node, f"{what} must be {_article(names)}, not {_kind(value)} ({value!r})")
-            return None
-        return value  # type: ignore[return-value]
-
-    def integer(self, node: Located, what: str, lo: int, hi: int, hint: str = "") -> int | None:
-        value = self.typed(node, int, what)
-        if value is None:
-            return None
-        if not lo <= value <= hi:
-            self.error(node, f"{what} {value} is out of range {lo}..{hi}{hint}")
-            return None
-        return value
-
-    def duration(self, node: Located, what: str) -> float | None:
-        value = node.value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := DURATION_RE.match(value)):
-            seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
-        else:
-            self.error(node, f"{what} must be a duration such as 500ms, 2s or 1m, not {value!r}")
-            return None
-        if seconds <= 0:
-            self.error(node, f"{what} must be greater than zero")
-            return None
-        return seconds
-
-    def choice(self, node: Located, what: str, choices: tuple[str, ...]) -> str | None:
-        value = node.value
-        if isinstance(value, str) and value.lower() in choices:
-            return value.lower()
-        close = did_you_mean(str(value), choices)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        self.error(node, f"{what} must be one of {', '.join(choices)}, not {value!r}{hint}")
-        return None
-
-    def boolean(self, node: Located, what: str) -> bool | None:
-        return self.typed(node, bool, what)
-
-    def address(self, node: Located, what: str) -> IPAddress | None:
-        try:
-            return parse_ip(str(node.value).strip())
-        except ValueError:
-            self.error(node, f"{what} {node.value!r} is not an IPv4 or IPv6 address")
-            return None
 
     # top level ---------------------------------------------------------------------------------
     def config(self, root: Located, sha256: str) -> Config | None:
@@ -384,18 +184,26 @@ class _Validator:
         api = ApiConfig()
         if "listen" in m:
             listen = m["listen"].value
-            if listen in (None, False, ""):
+            if listen is None or listen is False or listen == "":
                 api = replace(api, listen=None)
             elif isinstance(listen, str) and _parse_listen(listen) is not None:
                 api = replace(api, listen=listen)
             else:
                 self.error(
                     m["listen"],
-                    f"api.listen must be host:port such as 127.0.0.1:9180 or [::1]:9180, not {listen!r}",
+                    f"api.listen must be host:port such as 127.0.0.1:9180 or [::1]:9180, not {shown(listen)}",
                 )
         if "socket" in m:
             sock = m["socket"].value
-            api = replace(api, socket=None if sock in (None, False, "") else str(sock))
+            if sock is None or sock is False or sock == "":
+                api = replace(api, socket=None)
+            elif isinstance(sock, str) and "\0" not in sock:
+                api = replace(api, socket=sock)
+            else:
+                self.error(
+                    m["socket"],
+                    f"api.socket must be a path such as /run/mhd/mhd.sock, or empty, not {shown(sock)}",
+                )
         if "socket-mode" in m:
             mode = m["socket-mode"].value
             if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3}", mode.strip()):
@@ -403,7 +211,7 @@ class _Validator:
             else:  # an unquoted 0660 is YAML 1.1 octal (432): require the quoted form, unambiguous
                 self.error(
                     m["socket-mode"],
-                    f'api.socket-mode must be a quoted octal mode such as "0660", not {mode!r}',
+                    f'api.socket-mode must be a quoted octal mode such as "0660", not {shown(mode)}',
                 )
         if "socket-group" in m:
             api = replace(api, socket_group=self.typed(m["socket-group"], str, "api.socket-group"))
@@ -438,7 +246,7 @@ class _Validator:
             if sched is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", sched):
                 self.error(
                     merged["scheduler"],
-                    f"scheduler {sched!r} is not an IPVS scheduler name (mh, wrr, rr, ...)",
+                    f"scheduler {shown(sched)} is not an IPVS scheduler name (mh, wrr, rr, ...)",
                 )
             elif sched == NO_SCHEDULER:
                 self.error(
@@ -475,7 +283,7 @@ class _Validator:
         name = m["name"].value
         if not isinstance(name, str) or not NAME_RE.match(name):
             self.error(
-                m["name"], f"name {name!r} must match [a-z0-9][a-z0-9_.-]* (lower case, digits, _ . -)"
+                m["name"], f"name {shown(name)} must match [a-z0-9][a-z0-9_.-]* (lower case, digits, _ . -)"
             )
             return None
         return name
@@ -525,7 +333,8 @@ class _Validator:
             if pct <= 100:
                 return MinHealthy(percent=pct)
         self.error(
-            node, f'min-healthy must be a count (such as 2) or a percentage (such as "50%"), not {value!r}'
+            node,
+            f'min-healthy must be a count (such as 2) or a percentage (such as "50%"), not {shown(value)}',
         )
         return MinHealthy()
 
@@ -573,7 +382,14 @@ class _Validator:
         if isinstance(node.value, str):
             parsed = _parse_endpoint(node.value, default_port)
             if parsed is None:
-                self.error(node, f"server {node.value!r} is not address, address:port or [v6address]:port")
+                self.error(
+                    node, f"server {shown(node.value)} is not address, address:port or [v6address]:port"
+                )
+                return None
+            if parsed[1] == 0 and not (key and key.fwmark):  # as the mapping form: port 0 is fwmark's
+                self.error(
+                    node, f"server {shown(node.value)}: port 0 is only for fwmark services; give 1..65535"
+                )
                 return None
             return ServerConfig(parsed[0], parsed[1], 1, forward, check)
         m = self.mapping(node, SERVER_KEYS, "a server")
@@ -607,121 +423,6 @@ class _Validator:
             return None
         return ServerConfig(addr, port, weight, forward, check)
 
-    # checks -------------------------------------------------------------------------------------
-    def check(self, node: Located | None, base: CheckSpec) -> CheckSpec:
-        """A check block merged key by key over `base` (defaults -> service -> server)."""
-        if node is None:
-            return base
-        m = self.mapping(node, CHECK_KEYS, "check")
-        if m is None:
-            return base
-        start = len(self.problems)
-        fields: dict[str, Any] = {}
-        for key, item in m.items():
-            parser = self._check_fields.get(key)
-            if parser is not None:
-                value = parser(item)
-                if value is not None:
-                    fields[CHECK_FIELDS[key]] = value
-        if len(self.problems) > start:
-            return base
-        spec = replace(base, **fields)
-        if spec.timeout >= spec.interval:
-            self.error(
-                m.get("timeout") or m.get("interval") or node,
-                f"check timeout ({spec.timeout:g}s) must be shorter than its interval ({spec.interval:g}s)",
-            )
-        if spec.type == "exec" and not spec.command:
-            self.error(node, 'an exec check needs command: ["/path/to/script", "arg"]')
-        return spec
-
-    @cached_property
-    def _check_fields(self) -> dict[str, Callable[[Located], Any]]:
-        """Built once per validator: a file has a check block per service, often per server."""
-        def regex(what: str) -> Callable[[Located], Any]:
-            def parse_regex(n: Located) -> Any:
-                text = self.typed(n, str, what)
-                if text is None:
-                    return None
-                try:
-                    re.compile(text)
-                except re.error as exc:
-                    self.error(n, f"{what} is not a valid regular expression: {exc}")
-                    return None
-                return text.encode() if what == "expect" else text
-
-            return parse_regex
-
-        return {
-            "type": lambda n: self.choice(n, "check.type", CHECK_TYPES),
-            "interval": lambda n: self.duration(n, "check.interval"),
-            "timeout": lambda n: self.duration(n, "check.timeout"),
-            "rise": lambda n: self.integer(n, "check.rise", 1, 100),
-            "fall": lambda n: self.integer(n, "check.fall", 1, 100),
-            "port": lambda n: self.integer(n, "check.port", 1, 65535),
-            "source-address": lambda n: (a := self.address(n, "check.source-address")) and str(a),
-            "initial-state": lambda n: self.choice(n, "check.initial-state", ("up", "down")),
-            "method": lambda n: (self.choice(n, "check.method", ("get", "head")) or "").upper() or None,
-            "path": lambda n: self.path(n),
-            "host": lambda n: self.typed(n, str, "check.host"),
-            "expect-status": lambda n: self.statuses(n),
-            "body-regex": regex("check.body-regex"),
-            "tls-verify": lambda n: self.boolean(n, "check.tls-verify"),
-            "sni": lambda n: self.typed(n, str, "check.sni"),
-            "client-cert": lambda n: self.typed(n, str, "check.client-cert"),
-            "client-key": lambda n: self.typed(n, str, "check.client-key"),
-            "payload": lambda n: (
-                ((p := self.typed(n, str, "check.payload")) is not None and p.encode()) or None
-            ),
-            "expect": regex("expect"),
-            "query-name": lambda n: self.typed(n, str, "check.query-name"),
-            "query-type": lambda n: (
-                (self.choice(n, "check.query-type", tuple(q.lower() for q in QTYPES)) or "").upper() or None
-            ),
-            "expect-rcode": lambda n: (
-                (self.choice(n, "check.expect-rcode", tuple(r.lower() for r in RCODES)) or "").upper() or None
-            ),
-            "command": lambda n: self.command(n),
-        }
-
-    def path(self, node: Located) -> str | None:
-        path = self.typed(node, str, "check.path")
-        if path is not None and not path.startswith("/"):
-            self.error(node, f"check.path must start with /, such as /healthz (got {path!r})")
-            return None
-        return path
-
-    def statuses(self, node: Located) -> tuple[tuple[int, int], ...] | None:
-        items = node.value if isinstance(node.value, list) else [node]
-        ranges: list[tuple[int, int]] = []
-        for item in items:
-            text = str(item.value).strip()
-            m = re.fullmatch(r"(\d{3})(?:\s*-\s*(\d{3}))?", text)
-            if not m or not 100 <= int(m.group(1)) <= int(m.group(2) or m.group(1)) <= 599:
-                self.error(
-                    item,
-                    f"check.expect-status {text!r} must be a status (200) or a range (200-399) within 100-599",
-                )
-                return None
-            ranges.append((int(m.group(1)), int(m.group(2) or m.group(1))))
-        return tuple(ranges)
-
-    def command(self, node: Located) -> tuple[str, ...] | None:
-        value = node.value
-        if isinstance(value, str):
-            import shlex  # exec checks only
-
-            argv = shlex.split(value)
-        elif isinstance(value, list) and all(isinstance(i.value, str | int) for i in value):
-            argv = [str(i.value) for i in value]
-        else:
-            self.error(node, "check.command must be a list of strings (argv) or a command line string")
-            return None
-        if not argv:
-            self.error(node, "check.command is empty")
-            return None
-        return tuple(argv)
-
     # across services ----------------------------------------------------------------------------
     def cross_check(self) -> None:
         """Names and virtual services must be unique; checked even for services with other errors."""
@@ -742,31 +443,6 @@ class _Validator:
                 names.setdefault(name, node)
             if key is not None:
                 keys.setdefault(key, (name, node))
-
-
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> list[str]:
-    """The closest choice, if any is close (difflib is imported only when a config has a typo)."""
-    import difflib
-
-    return difflib.get_close_matches(word, choices, n=1)
-
-
-def _kind(value: object) -> str:
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "empty",
-    }.get(type(value), type(value).__name__)
-
-
-def _article(name: str) -> str:
-    return {"str": "a string", "int": "a whole number", "bool": "true or false", "float": "a number"}.get(
-        name, name
-    )
 
 
 def _parse_endpoint(text: str, default_port: int) -> tuple[IPAddress, int] | None:

@@ -8,11 +8,14 @@ the marks; this module keeps them instead of throwing them away as `safe_load` d
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import gc
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -39,6 +42,42 @@ class ConfigError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+MAX_BYTES = 4 << 20  # 5x the largest benchmarked file; etc/mhd.yaml names this bound
+
+
+def read(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a config file, which must be a regular file of at most MAX_BYTES.
+
+    Opened non-blocking so that a FIFO without a writer cannot hang a reload, and refused unless it
+    is a regular file: /dev/zero or a pipe would otherwise be read until memory runs out."""
+    file = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError([Problem(file, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            msg = f"cannot read: {kind} ({stat.filemode(info.st_mode)}); give the path of the config file"
+            raise ConfigError([Problem(file, 0, 0, "", msg)])
+        chunks: list[bytes] = []
+        size = 0 if info.st_size <= MAX_BYTES else info.st_size  # too big: do not read it at all
+        while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):  # it may grow after fstat
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError([Problem(file, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:
+        size = max(info.st_size, size)
+        msg = f"the file is {size:,} bytes, more than the limit of {MAX_BYTES:,} ({MAX_BYTES >> 20} MiB): split it"
+        raise ConfigError([Problem(file, 0, 0, "", msg)])
+    return data
 
 
 @dataclass
@@ -150,51 +189,167 @@ def compose(text: str, file: str) -> yaml.Node | None:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = f"YAML syntax error: {exc.problem or exc.context}"
         raise ConfigError([Problem(file, line, col, "", msg)]) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _position(text, exc)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "\0")
+        msg = f"character U+{char:04X} is not allowed in YAML ({exc.reason}): remove it"
+        raise ConfigError([Problem(file, line, col, "", msg)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
+    except (RecursionError, UnicodeError) as exc:  # the pure-Python composer recurses per level
+        raise ConfigError([Problem(file, 1, 1, "", f"cannot parse this file: {exc}")]) from None
+
+
+def _position(text: str, exc: yaml.reader.ReaderError) -> tuple[int, int]:
+    """Line and column of the character a ReaderError names.
+
+    libyaml gives a byte offset, PyYAML a character index; the reader stops at the first such
+    character, so finding it in the text is right for both."""
+    index = text.find(chr(exc.character)) if isinstance(exc.character, int) else -1
+    if index < 0:
+        return 1, 1
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
 
 
 def locate(node: yaml.Node, path: str, file: str) -> Located:
     """A composed node as a `Located` tree whose key paths start at `path`."""
-    problems: list[Problem] = []
-    tree = _convert(node, path, file, problems)
-    if problems:
-        raise ConfigError(problems)
+    builder = _Builder(file)
+    tree = builder.convert(node, path, 0)
+    if builder.problems:
+        raise ConfigError(builder.problems)
     return tree
 
 
-def _convert(node: yaml.Node, path: str, file: str, problems: list[Problem]) -> Located:
-    line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    if isinstance(node, yaml.MappingNode):
+# Bounds on what one file may cost (etc/mhd.yaml names them). An alias repeats its anchor's whole
+# subtree, so ten lines of aliases of aliases expand to 10^9 values ("billion laughs"): the number of
+# values after expansion is bounded, not only the bytes. The largest benchmarked file (1,000 services
+# x 16 servers, 0.8 MB) has 95,000 values and 6 levels.
+MAX_NODES = 500_000
+MAX_DEPTH = 64
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def short_tag(tag: str) -> str:
+    """`tag:yaml.org,2002:int` as the operator wrote it, `!!int`."""
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def plain(value: Any) -> Any:
+    """A `Located` value without its positions: what the operator wrote, for messages."""
+    if isinstance(value, Located):
+        value = value.value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime.date):  # an unquoted 2001-12-14 is a YAML timestamp
+        return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
+    return value
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`value` for an error message: its YAML-ish repr without positions, cut at `limit` characters."""
+    text = repr(plain(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Builder:
+    """Builds the `Located` tree of one document, collecting problems, within the bounds above."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+        self.left = MAX_NODES
+
+    def problem(self, node: yaml.Node, path: str, message: str) -> None:
+        self.problems.append(
+            Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, path, message)
+        )
+
+    def convert(self, node: yaml.Node, path: str, depth: int) -> Located:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        self.left -= 1
+        if self.left < 0:  # stop at once: going on is what costs minutes and gigabytes
+            self.exhausted(line, col, path)
+        if node.__class__ is yaml.ScalarNode:  # most nodes, and most of them plain strings
+            tag = _implicit_tag(node.value) if node.tag == _PLAIN else node.tag
+            return Located(node.value if tag == _STR else self.scalar(node, tag, path), line, col, path)
+        if depth > MAX_DEPTH:
+            self.problem(
+                node, path, f"nested more than {MAX_DEPTH} levels deep (an alias inside its own anchor?)"
+            )
+            return Located(None, line, col, path)
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP:
+                self.problem(
+                    node, path, f"the tag {short_tag(node.tag)} is not supported on a mapping: remove it"
+                )
+            return Located(self.mapping(node, path, depth), line, col, path)
+        if node.tag != _SEQ:
+            self.problem(node, path, f"the tag {short_tag(node.tag)} is not supported on a list: remove it")
+        items = [self.convert(n, f"{path}[{i}]", depth + 1) for i, n in enumerate(node.value)]
+        return Located(items, line, col, path)
+
+    def exhausted(self, line: int, col: int, path: str) -> NoReturn:
+        msg = (
+            f"this file expands to more than {MAX_NODES:,} values (aliases that repeat aliases?): "
+            "write the repeated parts out, or split the file"
+        )
+        raise ConfigError([*self.problems, Problem(self.file, line, col, path, msg)])
+
+    def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Located]:
         out: dict[str, Located] = {}
         for key_node, value_node in node.value:
-            key = str(_convert(key_node, path, file, problems).value)
-            sub = f"{path}.{key}" if path else key
+            if (
+                key_node.__class__ is yaml.ScalarNode
+                and key_node.tag == _PLAIN
+                and _implicit_tag(key_node.value) == _STR
+            ):
+                key = key_node.value  # the usual key: a plain string, no Located needed
+            else:
+                raw = self.convert(key_node, path, depth + 1).value
+                if isinstance(raw, dict | list):
+                    self.problem(key_node, path, f"a key must be a plain value, not {shown(raw)}")
+                key = str(plain(raw))
+            name = key if len(key) <= 80 else key[:77] + "..."  # the path is for messages
+            sub = f"{path}.{name}" if path else name
             if key in out:
-                problems.append(
-                    Problem(
-                        file,
-                        key_node.start_mark.line + 1,
-                        key_node.start_mark.column + 1,
-                        sub,
-                        "duplicate key: remove one of the two",
-                    )
-                )
-            item = _convert(value_node, sub, file, problems)
+                self.problem(key_node, sub, "duplicate key: remove one of the two")
+            item = self.convert(value_node, sub, depth + 1)
             item.key_line, item.key_column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             out[key] = item
-        return Located(out, line, col, path)
-    if isinstance(node, yaml.SequenceNode):
-        items = [_convert(n, f"{path}[{i}]", file, problems) for i, n in enumerate(node.value)]
-        return Located(items, line, col, path)
-    tag = _implicit_tag(node.value) if node.tag == _PLAIN else node.tag
-    if tag == _STR:  # most values: skip the constructor machinery
-        return Located(node.value, line, col, path)
-    if tag == _INT and node.value.isdigit() and (node.value[0] != "0" or node.value == "0"):  # not octal
-        return Located(int(node.value), line, col, path)
-    try:
-        typed = yaml.ScalarNode(tag, node.value, node.start_mark, node.end_mark)
-        return Located(_CONSTRUCTOR.construct_object(typed), line, col, path)
-    except yaml.YAMLError as exc:
-        problems.append(Problem(file, line, col, path, f"cannot read this value: {exc}".splitlines()[0]))
-        return Located(None, line, col, path)
+        return out
+
+    def scalar(self, node: yaml.Node, tag: str, path: str) -> Any:
+        """A scalar that is not a string: typed by its tag, or a problem and None."""
+        explicit = node.tag != _PLAIN
+        value = node.value
+        if (
+            tag == _INT
+            and value.isascii()
+            and value.isdigit()
+            and (value[0] != "0" or value == "0")
+            and len(value) < 100
+        ):
+            return int(value)  # not octal, not too long for int() (Python refuses 4,300 digits)
+        if tag == _MERGE:
+            self.problem(node, path, "merge keys (<<) are not supported: write the keys out")
+            return None
+        if explicit and tag not in _SCALAR_TAGS:
+            self.problem(
+                node,
+                path,
+                f"the tag {short_tag(tag)} is not supported: mhd reads strings, numbers, "
+                "true/false and null; remove the tag",
+            )
+            return None
+        try:
+            return _CONSTRUCTOR.construct_object(yaml.ScalarNode(tag, value, node.start_mark, node.end_mark))
+        except Exception as exc:  # PyYAML's constructors raise ValueError, KeyError, ...
+            reason = str(exc).splitlines()[0].split(";")[0] if str(exc) else type(exc).__name__
+            hint = "fix the value or remove the tag" if explicit else "quote it to make it a string"
+            self.problem(node, path, f"cannot read {shown(value)} as {short_tag(tag)} ({reason}): {hint}")
+            return None

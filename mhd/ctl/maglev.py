@@ -14,7 +14,8 @@ import socket
 import sys
 
 from mhd import kernel
-from mhd.config.validate import Config, find_config, load
+from mhd.config.records import Config
+from mhd.config.validate import find_config, load
 from mhd.ctl.exits import UsageError
 from mhd.maglev import params
 from mhd.maglev.params import Model

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from mhd import __version__
-from mhd.config.validate import DEFAULT_SOCKET
+from mhd.config.records import DEFAULT_SOCKET
 from mhd.ctl import client, offline
 from mhd.ctl import maglev as ctl_maglev
 from mhd.ctl.exits import run

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from mhd import kernel
-from mhd.config.validate import Config
+from mhd.config.records import Config
 from mhd.ctl.exits import EXIT_FAIL
 from mhd.ctl.maglev import load_config, model_for
 from mhd.reconcile import reconcile
