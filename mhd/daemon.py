@@ -35,7 +35,7 @@ from mhd.netlink import NetlinkError
 from mhd.probing.checkers import CheckResult
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
 from mhd.reconcile import Outcome, reconcile
-from mhd.state import StateDir, StateError
+from mhd.state import StateDir, StateError, StateFileError
 
 log = logging.getLogger("mhd")
 
@@ -449,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
+        return 2
+    except StateFileError as exc:  # invalid input too: a restart would fail the same way
+        log.error("%s", exc)
         return 2
     except (kernel.KernelError, StateError) as exc:
         log.error("%s", exc)

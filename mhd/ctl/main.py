@@ -21,7 +21,7 @@ from mhd.ctl import client
 from mhd.ctl import maglev as ctl_maglev
 from mhd.netlink import NetlinkError
 from mhd.reconcile import reconcile
-from mhd.state import StateDir, StateError
+from mhd.state import StateDir, StateError, StateFileError
 
 if TYPE_CHECKING:
     from mhd.ipvs import IpvsClient
@@ -151,7 +151,7 @@ def run(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
-    except ctl_maglev.UsageError as exc:
+    except (ctl_maglev.UsageError, StateFileError) as exc:
         print(f"mhctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (kernel.KernelError, StateError, Failure) as exc:
