@@ -17,7 +17,8 @@ kernel answers its clients as for a service with no destinations, so it goes liv
 list at once instead of hashing clients across a growing partial list (which would differ between
 directors at different points of their apply), and `mh` builds its table once instead of after
 every add: half the kernel time of a cold apply of 1,000 x 16 (bench/README.md). A crash between
-the steps leaves a service without a scheduler, which the next pass sees and finishes.
+the steps, or a server the kernel refused (`goes_live`), leaves a service without a scheduler,
+which the next pass sees and finishes.
 """
 
 from __future__ import annotations
@@ -147,6 +148,15 @@ def plan_create(want: Desired) -> list[Op]:
         Op("edit-service", svc, name=want.name, reason="servers in: scheduler on",
            changes=(("scheduler", NO_SCHEDULER, svc.scheduler),)),
     ]  # fmt: skip
+
+
+def goes_live(op: Op) -> bool:
+    """Is this the edit that gives a staged service its scheduler? The client sends it only after
+    every other operation of its batch on that service succeeded, so a staged creation goes live
+    whole or stays without a scheduler (answering no client) until a later pass completes it."""
+    return op.kind == "edit-service" and any(
+        field == "scheduler" and old == NO_SCHEDULER for field, old, _new in op.changes
+    )
 
 
 def plan_dests(name: str, svc: Service, current: tuple[Dest, ...]) -> list[Op]:

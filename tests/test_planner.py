@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mhd.model import MH_PORT, Dest, DestKey, Service, ServiceKey
-from mhd.planner import Desired, Op, apply_ops, canonical, plan, unmanaged
+from mhd.planner import Desired, Op, apply_ops, canonical, goes_live, plan, unmanaged
 
 KEY = ServiceKey(socket.AF_INET, protocol=17, address=ipaddress.IPv4Address("203.0.113.15"), port=80)
+MINE = {KEY}  # what the state dir says mhd owns
 OTHER = ServiceKey(socket.AF_INET, protocol=6, address=ipaddress.IPv4Address("203.0.113.16"), port=443)
 
 
@@ -118,6 +119,16 @@ def test_unowned_services_are_left_alone_and_reported() -> None:
     ops = plan(desired([dest(1)]), observed)
     assert all(op.service.key == KEY for op in ops)
     assert unmanaged(desired([dest(1)]), observed) == [OTHER]
+
+
+def test_only_the_edit_that_ends_a_staged_creation_goes_live() -> None:
+    staged = plan(desired([dest(1), dest(2), dest(3)]), {})
+    assert [goes_live(op) for op in staged] == [False] * 4 + [True]
+    cut_short = {KEY: Service(KEY, "none", MH_PORT, dests=(dest(2),))}
+    assert [goes_live(op) for op in plan(desired([dest(1), dest(2)]), cut_short, MINE)] == [False, True]
+    switched = {KEY: Service(KEY, "wrr", MH_PORT, dests=(dest(1),))}
+    assert [goes_live(op) for op in plan(desired([dest(1)]), switched, MINE)] == [False]
+    assert not any(goes_live(op) for op in plan(desired([dest(1)]), {}))
 
 
 def test_owned_service_removed_from_config_is_deleted() -> None:

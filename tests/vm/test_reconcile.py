@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import netns as nsh
@@ -12,7 +15,7 @@ from configs import dns_config
 
 from mhd.config.validate import loads
 from mhd.ipvs import IpvsClient
-from mhd.model import Service
+from mhd.model import DestKey, Service
 from mhd.planner import Desired, plan
 from mhd.reconcile import Outcome, reconcile
 from mhd.state import StateDir
@@ -112,6 +115,42 @@ def test_staged_creation_cut_short_is_finished_by_the_next_pass(
     view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
     assert view.scheduler == "mh" and view.dest_addrs() == [t.rs(1), t.rs(2), t.rs(3)]
     assert apply_in(t.director, dns_config(t.vip, servers), tmp_path).ops == []
+
+
+def test_staged_creation_with_a_refused_server_stays_off_until_complete(
+    director: nsh.Topology, tmp_path: Path
+) -> None:
+    """The kernel refuses one server of a staged creation (a multicast address: EINVAL). The edit
+    that switches the scheduler on is held back, so the service never goes live with part of its
+    servers; once the config no longer holds the bad server, the next pass finishes it in place.
+    (Before: the pipelined batch switched `mh` on over the servers that happened to get in.)"""
+    t = director
+    servers = [t.rs(i) for i in (1, 2, 3)]
+    svc = loads(dns_config(t.vip, servers), "test.yaml").services[0]
+    refused = replace(svc.servers[0].dest(), key=DestKey(ipaddress.ip_address("224.0.0.9"), 53))
+    whole = svc.service()
+    staged = plan({svc.key: Desired(svc.name, replace(whole, dests=(*whole.dests, refused)))}, {})
+    assert [op.kind for op in staged] == ["add-service"] + ["add-dest"] * 4 + ["edit-service"]
+    StateDir(tmp_path).set_owned({svc.key})  # as reconcile records it before writing
+
+    async def apply_staged() -> tuple[list[tuple[str, int]], Service | None]:
+        client = await IpvsClient.open()
+        try:
+            failures = await client.apply(staged)
+            return [(f.op.kind, f.error.code) for f in failures], await client.service(svc.key)
+        finally:
+            client.close()
+
+    with nsh.in_netns(t.director):
+        failures, half = asyncio.run(apply_staged())
+    assert failures == [("add-dest", errno.EINVAL), ("edit-service", errno.ECANCELED)]
+    assert half is not None and half.scheduler == "none"
+    view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
+    assert view.scheduler == "none" and view.dest_addrs() == servers
+    finish = apply_in(t.director, dns_config(t.vip, servers), tmp_path)
+    assert not finish.failures and [op.kind for op in finish.ops] == ["edit-service"]
+    view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
+    assert view.scheduler == "mh" and view.dest_addrs() == servers
 
 
 def test_unmanaged_services_stay_untouched(director: nsh.Topology, tmp_path: Path) -> None:
