@@ -34,7 +34,7 @@ from mhd.model import DestKey, Service, ServiceKey, mh_table_size
 from mhd.netlink import NetlinkError
 from mhd.probing.checkers import CheckResult
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
-from mhd.reconcile import Outcome, reconcile
+from mhd.reconcile import Outcome, log_refusals, reconcile
 from mhd.state import StateDir, StateError, StateFileError
 
 log = logging.getLogger("mhd")
@@ -78,6 +78,7 @@ class Daemon:
         self.targets: dict[tuple[str, DestKey], Target] = {}
         self.outcome: Outcome | None = None
         self.observed: dict[ServiceKey, Service] = {}
+        self.refused: set[ServiceKey] = set()  # configured, but someone else's: left alone
         self.reconciles = 0
         self.drift_repairs = 0
         self.op_counts: dict[str, int] = {}
@@ -197,6 +198,7 @@ class Daemon:
             return
         self.reconciles += 1
         self._log_panics(outcome)
+        self.refused = log_refusals(self.refused, outcome, self.config, only)
         # Status, metrics and new targets read the kernel as it is after this pass's writes.
         if only is None or self.outcome is None:
             self.outcome, self.observed = outcome, dict(outcome.after)
@@ -247,6 +249,8 @@ class Daemon:
         line = f"{len(self.config.services)} services, {up}/{total} servers up"
         if panic:
             line += f", {panic} in panic"
+        if self.refused:
+            line += f", {len(self.refused)} refused: not mhd's (see the log)"
         if self.last_reload and not self.last_reload.ok:
             line += f"; last reload failed: {self.last_reload.errors[0] if self.last_reload.errors else '?'}"
         return line

@@ -76,6 +76,14 @@ class Desired:
 
     name: str
     service: Service
+    adopt: bool = False  # take it over if the kernel already holds it and mhd does not own it
+
+
+class Claims(NamedTuple):
+    """Configured services the kernel already holds and mhd does not own (someone else's)."""
+
+    refused: list[ServiceKey]  # left alone, reported: the default
+    adopted: list[ServiceKey]  # `adopt: true`: taken over, owned from now on
 
 
 def canonical(dests: Iterable[Dest]) -> tuple[Dest, ...]:
@@ -91,15 +99,32 @@ def plan(
     """The operations that turn `observed` into `desired`.
 
     `owned` names services mhd created or managed before (the state dir); those that are no longer
-    desired are deleted. Every other service in `observed` that is not desired is left alone.
+    desired are deleted. A service in `observed` that mhd does not own is never touched: not when
+    it is not desired, and not when it is, unless that service says `adopt` (see `claims`).
     """
+    owned = set(owned)
     ops: list[Op] = []
-    for key in sorted(set(owned) - set(desired), key=ServiceKey.sort_key):
+    for key in sorted(owned - set(desired), key=ServiceKey.sort_key):
         if key in observed:
             ops.append(Op("delete-service", observed[key], reason="no longer in the config"))
     for key in sorted(desired, key=ServiceKey.sort_key):
-        ops.extend(plan_service(desired[key], observed.get(key)))
+        want, have = desired[key], observed.get(key)
+        if have is None or key in owned or want.adopt:
+            ops.extend(plan_service(want, have))
     return ops
+
+
+def claims(
+    desired: Mapping[ServiceKey, Desired],
+    observed: Mapping[ServiceKey, Service],
+    owned: Iterable[ServiceKey] = (),
+) -> Claims:
+    """Configured services that already exist in the kernel without being mhd's: refused (left
+    alone) unless they say `adopt`. Taking one over silently would change someone else's scheduler,
+    delete their servers, and delete the whole service once it left the config."""
+    owned = set(owned)
+    foreign = sorted((k for k in desired if k in observed and k not in owned), key=ServiceKey.sort_key)
+    return Claims([k for k in foreign if not desired[k].adopt], [k for k in foreign if desired[k].adopt])
 
 
 def unmanaged(
@@ -107,7 +132,7 @@ def unmanaged(
     observed: Mapping[ServiceKey, Service],
     owned: Iterable[ServiceKey] = (),
 ) -> list[ServiceKey]:
-    """Services in the kernel that mhd does not own and leaves alone (reported, never touched)."""
+    """Services in the kernel that mhd does not own and that are not configured: left alone."""
     mine = set(desired) | set(owned)
     return sorted((k for k in observed if k not in mine), key=ServiceKey.sort_key)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from mhd.config.validate import Config, ServiceConfig
 from mhd.model import DestKey, Service, ServiceKey
-from mhd.planner import Desired, Op, apply_ops, plan, unmanaged
+from mhd.planner import Desired, Op, apply_ops, claims, plan, unmanaged
 from mhd.state import StateDir
 
 if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes it through
@@ -66,7 +66,7 @@ def desired_state(
     for svc in services:
         m = membership(svc, healthy, disabled.get(svc.name, set()))
         members[svc.name] = m
-        desired[svc.key] = Desired(svc.name, svc.service(set(m.members)))
+        desired[svc.key] = Desired(svc.name, svc.service(set(m.members)), svc.adopt)
     return desired, members
 
 
@@ -83,6 +83,10 @@ class Outcome:
     # (`observed` itself stays the state the ops were planned on: `mhctl apply` counts moved flows
     # against it). After a failed op it is `observed`: the next whole pass reads the truth.
     after: dict[ServiceKey, Service] = field(default_factory=dict)
+    # Configured services the kernel held without mhd owning them: left alone, or taken over
+    # because they say `adopt: true` (planner.claims).
+    refused: list[ServiceKey] = field(default_factory=list)
+    adopted: list[ServiceKey] = field(default_factory=list)
 
     @property
     def applied(self) -> int:
@@ -105,7 +109,9 @@ async def reconcile(
     The periodic pass is always whole and catches drift everywhere else.
 
     Ownership is recorded *before* writing, so a crash half-way still knows which services are mhd's;
-    services deleted because they left the config are forgotten only after the kernel confirmed.
+    services deleted because they left the config are forgotten only after the kernel confirmed,
+    and one whose creation failed is forgotten at once (EEXIST: someone else's appeared meanwhile).
+    A configured service the kernel already holds and mhd does not own is refused (`claims`).
     """
     desired, members = desired_state(config, healthy, state.disabled(), only)
     all_owned = owned = state.owned()
@@ -120,19 +126,50 @@ async def reconcile(
         owned = owned & only
     ops = plan(desired, observed, owned)
     foreign = unmanaged(desired, observed, owned)
+    claim = claims(desired, observed, owned)
     if dry_run:
-        return Outcome(observed, ops, [], foreign, members, observed)
-    state.set_owned(all_owned | set(desired))
+        return Outcome(observed, ops, [], foreign, members, observed, *claim)
+    mine = all_owned | (set(desired) - set(claim.refused))
+    state.set_owned(mine)
+    for key in claim.adopted:
+        log.warning("service %s %s: adopted (adopt: true): mhd manages it from now on", desired[key].name, key,
+                    extra={"MHD_SERVICE": desired[key].name})  # fmt: skip
     failures = await client.apply(ops) if ops else []
     failed = {f.op.service.key for f in failures if f.op.kind == "delete-service"}
     gone = {op.service.key for op in ops if op.kind == "delete-service"} - failed
     gone |= (owned - set(desired)) - set(observed)
-    state.set_owned((all_owned | set(desired)) - gone)
+    gone |= {f.op.service.key for f in failures if f.op.kind == "add-service"}
+    state.set_owned(mine - gone)
     log_ops(ops)
     for failure in failures:
         log.error("%s", failure)
     after = apply_ops(observed, ops) if ops and not failures else observed
-    return Outcome(observed, ops, failures, foreign, members, after)
+    return Outcome(observed, ops, failures, foreign, members, after, *claim)
+
+
+def refusal(name: str, key: ServiceKey) -> str:
+    """Why a configured service is left alone, and what the operator can do: said by the daemon's
+    log, `mhctl plan` and `mhctl apply` alike."""
+    return (
+        f"service {name} {key}: IPVS already holds it and mhd does not own it (another tool's or "
+        "hand-made): left alone; set adopt: true on it to take it over, or remove it from IPVS or from the config"
+    )
+
+
+def log_refusals(
+    before: set[ServiceKey], outcome: Outcome, config: Config, only: set[ServiceKey] | None
+) -> set[ServiceKey]:
+    """Log a refused service once when it starts being refused and once when that ends (a pass
+    every reconcile-interval would otherwise repeat it); return the keys refused now."""
+    seen = before if only is None else before & only
+    now = set(outcome.refused)
+    for key in sorted(now - seen, key=ServiceKey.sort_key):
+        svc = config.by_key.get(key)
+        name = svc.name if svc else "-"
+        log.warning("%s", refusal(name, key), extra={"MHD_SERVICE": name})
+    for key in sorted(seen - now, key=ServiceKey.sort_key):
+        log.info("service %s is no longer refused (adopted, gone from IPVS, or from the config)", key)
+    return (before - seen) | now
 
 
 def log_ops(ops: list[Op], limit: int = 50) -> None:

@@ -91,6 +91,7 @@ class ServiceConfig:
     servers: tuple[ServerConfig, ...]
     check: CheckSpec
     min_healthy: MinHealthy = MinHealthy()
+    adopt: bool = False  # take over a service already in IPVS that mhd does not own (README)
 
     def service(self, members: set[DestKey] | None = None) -> Service:
         """The kernel service with `members` (default: every configured server) as destinations."""
@@ -228,6 +229,7 @@ SERVICE_KEYS = (
     "servers",
     "check",
     "min-healthy",
+    "adopt",
 )
 DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "check", "min-healthy")
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
@@ -464,9 +466,10 @@ class _Validator:
         check = self.check(m.get("check"), self.default_check)
         min_healthy = self.min_healthy(merged["min-healthy"]) if "min-healthy" in merged else MinHealthy()
         servers = self.servers(m.get("servers"), node, key, forward, check)
+        adopt = "adopt" in m and self.boolean(m["adopt"], "adopt") is True
         if len(self.problems) > start or key is None or name is None:
             return None
-        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy)
+        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy, adopt)
 
     def service_name(self, node: Located, m: dict[str, Located]) -> str | None:
         if "name" not in m:

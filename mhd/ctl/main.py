@@ -20,7 +20,7 @@ from mhd.config.yamlsource import ConfigError
 from mhd.ctl import client
 from mhd.ctl import maglev as ctl_maglev
 from mhd.netlink import NetlinkError
-from mhd.reconcile import reconcile
+from mhd.reconcile import Outcome, reconcile, refusal
 from mhd.state import StateDir, StateError, StateFileError
 
 if TYPE_CHECKING:
@@ -81,8 +81,21 @@ async def cmd_plan(args: argparse.Namespace) -> int:
         print(f"# {names.get(key, '-')} {key}: moves {share:.1%} of flows to another server")
     for key in outcome.unmanaged:
         print(f"# not managed by mhd, left alone: {key}")
+    for key in outcome.refused:
+        print(f"# refused: {refusal(names[key], key)}")
+    for key in outcome.adopted:
+        print(f"# would adopt {names[key]} {key} (adopt: true): IPVS holds it and mhd does not own it yet")
     print(f"{len(outcome.ops)} operations" if outcome.ops else "in sync: nothing to do")
     return EXIT_OK
+
+
+def report_claims(config: Config, outcome: Outcome) -> None:
+    """`mhctl apply`: services it refused or adopted, on stderr (the daemon logs the same)."""
+    names = {s.key: s.name for s in config.services}
+    for key in outcome.refused:
+        print(f"error: {refusal(names[key], key)}", file=sys.stderr)
+    for key in outcome.adopted:
+        print(f"adopted {names[key]} {key} (adopt: true): mhd manages it from now on", file=sys.stderr)
 
 
 async def cmd_apply(args: argparse.Namespace) -> int:
@@ -104,11 +117,13 @@ async def cmd_apply(args: argparse.Namespace) -> int:
                 print(op.describe())
     for failure in outcome.failures:
         print(f"error: {failure}", file=sys.stderr)
+    report_claims(config, outcome)
     print(
         f"applied {outcome.applied} operations"
         + (f", {len(outcome.failures)} failed" if outcome.failures else "")
+        + (f", {len(outcome.refused)} services refused" if outcome.refused else "")
     )
-    return EXIT_FAIL if outcome.failures else EXIT_OK
+    return EXIT_FAIL if outcome.failures or outcome.refused else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
