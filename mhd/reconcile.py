@@ -1,74 +1,25 @@
 """One reconcile pass: observe the kernel, decide what should be there, diff, act.
 
-`desired_state` is pure: which servers of each configured service belong in IPVS right now, given
-health and operator drains, with the `min-healthy` guard (a checker-side network problem must never
-black-hole a VIP). `reconcile` is the thin shell around it: a fresh dump, the planner, the writes.
+`reconcile` is the thin shell around the pure parts: a fresh dump, what should be there
+(`mhd.membership.desired_state`), the planner, the writes, and the ownership records around them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mhd.config.validate import Config, ServiceConfig
-from mhd.model import DestKey, Service, ServiceKey
-from mhd.planner import Desired, Op, apply_ops, claims, plan, unmanaged
+from mhd.config.validate import Config
+from mhd.membership import HealthView, Membership, all_healthy, desired_state
+from mhd.model import Service, ServiceKey
+from mhd.planner import Op, apply_ops, claims, plan, unmanaged
 from mhd.state import StateDir
 
 if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes it through
     from mhd.ipvs import IpvsClient, OpFailure
 
 log = logging.getLogger("mhd.reconcile")
-
-# Is this server healthy? (service name, server key) -> bool. `mhctl apply` says yes to every one.
-HealthView = Callable[[str, DestKey], bool]
-
-
-def all_healthy(_service: str, _server: DestKey) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Membership:
-    """Which servers of one service belong in IPVS, and whether the min-healthy guard fired."""
-
-    members: frozenset[DestKey]
-    panic: bool
-    healthy: int
-    enabled: int
-
-
-def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> Membership:
-    """Healthy, enabled servers; all enabled ones when fewer than `min-healthy` are healthy (panic).
-
-    Operator-disabled servers stay out even in panic: a drain is an explicit decision.
-    """
-    enabled = [s for s in svc.servers if str(s.key) not in disabled] if disabled else list(svc.servers)
-    up = frozenset(s.key for s in enabled if healthy(svc.name, s.key))
-    need = svc.min_healthy.required(len(enabled))
-    if len(up) < need:
-        return Membership(frozenset(s.key for s in enabled), True, len(up), len(enabled))
-    return Membership(up, False, len(up), len(enabled))
-
-
-def desired_state(
-    config: Config,
-    healthy: HealthView,
-    disabled: Mapping[str, set[str]],
-    only: set[ServiceKey] | None = None,
-) -> tuple[dict[ServiceKey, Desired], dict[str, Membership]]:
-    """What IPVS should hold for every configured service, or for the `only` ones."""
-    desired: dict[ServiceKey, Desired] = {}
-    members: dict[str, Membership] = {}
-    services = config.services if only is None else [config.by_key[k] for k in only if k in config.by_key]
-    for svc in services:
-        m = membership(svc, healthy, disabled.get(svc.name, set()))
-        members[svc.name] = m
-        desired[svc.key] = Desired(svc.name, svc.service(set(m.members)), svc.adopt)
-    return desired, members
-
 
 @dataclass
 class Outcome:

@@ -22,9 +22,10 @@ from mhd.config.validate import load
 from mhd.daemon import Daemon, ReloadResult
 from mhd.health import Health, State
 from mhd.kernel import KernelInfo
+from mhd.membership import desired_state
 from mhd.model import DestKey, Service, Stats, parse_ip
 from mhd.probing.checkers import CheckResult
-from mhd.reconcile import Outcome, desired_state
+from mhd.reconcile import Outcome
 from mhd.state import StateDir
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from mhd.config.validate import loads
 from mhd.config.yamlsource import ConfigError
-from mhd.reconcile import all_healthy, desired_state
+from mhd.membership import all_healthy, desired_state
 
 SERVICE = "services: [{name: web, address: 10.9.0.1, port: 80, servers: [10.0.0.1]%s}]"
 

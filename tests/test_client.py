@@ -24,9 +24,10 @@ from mhd.ctl.client import Colors, format_status, use_color
 from mhd.daemon import Daemon, ReloadResult
 from mhd.health import Health
 from mhd.kernel import KernelInfo
+from mhd.membership import desired_state
 from mhd.model import Service
 from mhd.probing.checkers import CheckResult
-from mhd.reconcile import Outcome, desired_state
+from mhd.reconcile import Outcome
 from mhd.state import StateDir
 
 # A small copy of test_api's world: tests/ is not a package, so no cross-imports.
