@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes 
 
 log = logging.getLogger("mhd.reconcile")
 
+
 @dataclass
 class Outcome:
     """What one reconcile pass saw and did."""

@@ -36,7 +36,9 @@ def test_adopt_must_be_a_boolean_on_the_service_itself(text: str, message: str) 
     assert message in str(err.value.problems[0])
 
 
-def test_a_refusal_is_logged_once_when_it_starts_and_once_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refusal_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     config = loads(SERVICE % "")
     key = config.services[0].key
 

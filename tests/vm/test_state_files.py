@@ -16,7 +16,9 @@ from daemon_proc import START_TIMEOUT, Daemon, wait_for
 
 
 @pytest.fixture
-def daemon(netns: nsh.NetnsFactory, tmp_path: Path, venv_python: str) -> Iterator[tuple[Daemon, nsh.Topology]]:
+def daemon(
+    netns: nsh.NetnsFactory, tmp_path: Path, venv_python: str
+) -> Iterator[tuple[Daemon, nsh.Topology]]:
     t = nsh.make_topology(netns("dir"), netns("cli"))
     d = Daemon.make(t.director, tmp_path, "mhd", venv_python, api_socket=tmp_path / "mhd.sock")
     d.config.write_text(
