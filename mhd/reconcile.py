@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,7 +63,7 @@ async def reconcile(
 
     Ownership is recorded *before* writing, so a crash half-way still knows which services are mhd's;
     services deleted because they left the config are forgotten only after the kernel confirmed,
-    and one whose creation failed is forgotten at once (EEXIST: someone else's appeared meanwhile).
+    and one whose creation found another's already there (EEXIST) is not recorded.
     A configured service the kernel already holds and mhd does not own is refused (`claims`).
     """
     desired, members = desired_state(config, healthy, state.disabled(), only)
@@ -90,7 +91,10 @@ async def reconcile(
     failed = {f.op.service.key for f in failures if f.op.kind == "delete-service"}
     gone = {op.service.key for op in ops if op.kind == "delete-service"} - failed
     gone |= (owned - set(desired)) - set(observed)
-    gone |= {f.op.service.key for f in failures if f.op.kind == "add-service"}
+    # EEXIST on a creation: a service appeared after the dump; unless it was mhd's, it is not now.
+    gone |= {
+        f.op.service.key for f in failures if f.op.kind == "add-service" and f.error.code == errno.EEXIST
+    } - all_owned
     state.set_owned(mine - gone)
     log_ops(ops)
     for failure in failures:
