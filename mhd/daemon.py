@@ -34,9 +34,9 @@ from mhd.ipvs import IpvsClient
 from mhd.model import DestKey, Service, ServiceKey, mh_table_size
 from mhd.netlink import NetlinkError
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
-from mhd.reconcile import Outcome, reconcile
+from mhd.reconcile import Outcome, log_refusals, reconcile
 from mhd.reports import ReloadResult
-from mhd.state import StateDir, StateError
+from mhd.state import StateDir, StateError, StateFileError
 
 log = logging.getLogger("mhd")
 
@@ -96,6 +96,7 @@ class Daemon:
         self.targets: dict[tuple[str, DestKey], Target] = {}
         self.outcome: Outcome | None = None
         self.observed: dict[ServiceKey, Service] = {}
+        self.refused: set[ServiceKey] = set()  # configured, but someone else's: left alone
         self.reconciles = 0
         self.drift_repairs = 0
         self.op_counts: dict[str, int] = {}
@@ -249,6 +250,7 @@ class Daemon:
         self._loop_errors.recovered("reconcile passes")
         self.reconciles += 1
         self._log_panics(outcome)
+        self.refused = log_refusals(self.refused, outcome, self.config, only)
         # Status, metrics and new targets read the kernel as it is after this pass's writes.
         if only is None or self.outcome is None:
             self.outcome, self.observed = outcome, dict(outcome.after)
@@ -299,6 +301,8 @@ class Daemon:
         line = f"{len(self.config.services)} services, {up}/{total} servers up"
         if panic:
             line += f", {panic} in panic"
+        if self.refused:
+            line += f", {len(self.refused)} refused: not mhd's (see the log)"
         if self.last_reload and not self.last_reload.ok:
             line += f"; last reload failed: {self.last_reload.errors[0] if self.last_reload.errors else '?'}"
         return line
@@ -504,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
+        return 2
+    except StateFileError as exc:  # invalid input too: a restart would fail the same way
+        log.error("%s", exc)
         return 2
     except (kernel.KernelError, StateError) as exc:
         log.error("%s", exc)

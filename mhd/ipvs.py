@@ -22,7 +22,7 @@ from typing import Any
 from mhd import netlink as nl
 from mhd.kernel import IpvsUnavailable
 from mhd.model import Dest, DestKey, IPAddress, Service, ServiceKey, Stats
-from mhd.planner import Op
+from mhd.planner import Op, goes_live
 
 _pyroute2 = nl.pyroute2_netlink()
 genlmsg: Any = _pyroute2.genlmsg
@@ -160,7 +160,7 @@ def service_full(svc: Service) -> list[bytes]:
 # IPVS_CMD_ATTR_DEST with its attributes in kernel order (ADDR, PORT, ADDR_FAMILY, then for add
 # and edit FWD_METHOD, WEIGHT, U_THRESH, L_THRESH), each header, value and padding in one struct
 # call: a cold apply encodes 16,000 of them, and attribute by attribute that was 70 % of the encoding.
-_DEST_ID = "HH" "HH16s" "HHH2x" "HHH2x"  # nested header; address (IPv4 padded to 16); port; family
+_DEST_ID = "HHHH16sHHH2xHHH2x"  # nested header; address (IPv4 padded to 16); port; family
 _DEST = {False: struct.Struct("=" + _DEST_ID), True: struct.Struct("=" + _DEST_ID + "HHI" * 4)}
 
 
@@ -298,9 +298,18 @@ class OpFailure:
         return f"{self.op.describe()}: {explain(self.op, self.error)}"
 
 
+# Not the kernel's answer: the go-live edit of a service another operation of the batch failed on.
+HELD_BACK = nl.NetlinkError(errno.ECANCELED, "held back")
+
+
 def explain(op: Op, error: nl.NetlinkError) -> str:
     """What a kernel error means for this operation, and what to do about it."""
     code = error.code
+    if error is HELD_BACK:
+        return (
+            "not sent: another operation on this service failed, so it stays without a scheduler "
+            "(answering no client) rather than go live with part of its servers; the next pass completes it"
+        )
     if code == errno.EEXIST:
         return "already exists in the kernel (changed behind mhd's back?); the next reconcile re-reads the kernel and fixes it"
     if code == errno.ESRCH:
@@ -382,6 +391,22 @@ class IpvsClient:
         return tuple(d for d in (decode_dest(p, key.family) for p in replies) if d is not None)
 
     async def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
-        """Carry out planned operations in order, pipelined; return the ones the kernel refused."""
-        results = await self.sock.transact(self.family, [encode_op(op) for op in ops])
+        """Carry out planned operations in order, pipelined; return the ones the kernel refused
+        and the ones held back.
+
+        The edits that switch a staged service's scheduler on (`goes_live`) go in a second batch,
+        only for services whose every other operation succeeded; the others are held back and
+        reported, and the service stays without a scheduler until a pass completes it."""
+        first = [op for op in ops if not goes_live(op)]
+        failures = await self._send(first)
+        if len(first) == len(ops):
+            return failures
+        broken = {f.op.service.key for f in failures}
+        live = [op for op in ops if goes_live(op)]
+        failures += [OpFailure(op, HELD_BACK) for op in live if op.service.key in broken]
+        failures += await self._send([op for op in live if op.service.key not in broken])
+        return failures
+
+    async def _send(self, ops: Sequence[Op]) -> list[OpFailure]:
+        results = await self.sock.transact(self.family, [encode_op(op) for op in ops]) if ops else []
         return [OpFailure(op, err) for op, err in zip(ops, results, strict=True) if err is not None]

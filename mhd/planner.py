@@ -17,7 +17,8 @@ kernel answers its clients as for a service with no destinations, so it goes liv
 list at once instead of hashing clients across a growing partial list (which would differ between
 directors at different points of their apply), and `mh` builds its table once instead of after
 every add: half the kernel time of a cold apply of 1,000 x 16 (bench/README.md). A crash between
-the steps leaves a service without a scheduler, which the next pass sees and finishes.
+the steps, or a server the kernel refused (`goes_live`), leaves a service without a scheduler,
+which the next pass sees and finishes.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ class Desired:
 
     name: str
     service: Service
+    adopt: bool = False  # take it over if the kernel already holds it and mhd does not own it
+
+
+class Claims(NamedTuple):
+    """Configured services the kernel already holds and mhd does not own (someone else's)."""
+
+    refused: list[ServiceKey]  # left alone, reported: the default
+    adopted: list[ServiceKey]  # `adopt: true`: taken over, owned from now on
 
 
 def canonical(dests: Iterable[Dest]) -> tuple[Dest, ...]:
@@ -90,15 +99,32 @@ def plan(
     """The operations that turn `observed` into `desired`.
 
     `owned` names services mhd created or managed before (the state dir); those that are no longer
-    desired are deleted. Every other service in `observed` that is not desired is left alone.
+    desired are deleted. A service in `observed` that mhd does not own is never touched: not when
+    it is not desired, and not when it is, unless that service says `adopt` (see `claims`).
     """
+    owned = set(owned)
     ops: list[Op] = []
-    for key in sorted(set(owned) - set(desired), key=ServiceKey.sort_key):
+    for key in sorted(owned - set(desired), key=ServiceKey.sort_key):
         if key in observed:
             ops.append(Op("delete-service", observed[key], reason="no longer in the config"))
     for key in sorted(desired, key=ServiceKey.sort_key):
-        ops.extend(plan_service(desired[key], observed.get(key)))
+        want, have = desired[key], observed.get(key)
+        if have is None or key in owned or want.adopt:
+            ops.extend(plan_service(want, have))
     return ops
+
+
+def claims(
+    desired: Mapping[ServiceKey, Desired],
+    observed: Mapping[ServiceKey, Service],
+    owned: Iterable[ServiceKey] = (),
+) -> Claims:
+    """Configured services that already exist in the kernel without being mhd's: refused (left
+    alone) unless they say `adopt`. Taking one over silently would change someone else's scheduler,
+    delete their servers, and delete the whole service once it left the config."""
+    owned = set(owned)
+    foreign = sorted((k for k in desired if k in observed and k not in owned), key=ServiceKey.sort_key)
+    return Claims([k for k in foreign if not desired[k].adopt], [k for k in foreign if desired[k].adopt])
 
 
 def unmanaged(
@@ -106,7 +132,7 @@ def unmanaged(
     observed: Mapping[ServiceKey, Service],
     owned: Iterable[ServiceKey] = (),
 ) -> list[ServiceKey]:
-    """Services in the kernel that mhd does not own and leaves alone (reported, never touched)."""
+    """Services in the kernel that mhd does not own and that are not configured: left alone."""
     mine = set(desired) | set(owned)
     return sorted((k for k in observed if k not in mine), key=ServiceKey.sort_key)
 
@@ -147,6 +173,15 @@ def plan_create(want: Desired) -> list[Op]:
         Op("edit-service", svc, name=want.name, reason="servers in: scheduler on",
            changes=(("scheduler", NO_SCHEDULER, svc.scheduler),)),
     ]  # fmt: skip
+
+
+def goes_live(op: Op) -> bool:
+    """Is this the edit that gives a staged service its scheduler? The client sends it only after
+    every other operation of its batch on that service succeeded, so a staged creation goes live
+    whole or stays without a scheduler (answering no client) until a later pass completes it."""
+    return op.kind == "edit-service" and any(
+        field == "scheduler" and old == NO_SCHEDULER for field, old, _new in op.changes
+    )
 
 
 def plan_dests(name: str, svc: Service, current: tuple[Dest, ...]) -> list[Op]:

@@ -1,73 +1,26 @@
 """One reconcile pass: observe the kernel, decide what should be there, diff, act.
 
-`desired_state` is pure: which servers of each configured service belong in IPVS right now, given
-health and operator drains, with the `min-healthy` guard (a checker-side network problem must never
-black-hole a VIP). `reconcile` is the thin shell around it: a fresh dump, the planner, the writes.
+`reconcile` is the thin shell around the pure parts: a fresh dump, what should be there
+(`mhd.membership.desired_state`), the planner, the writes, and the ownership records around them.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mhd.config.records import Config, ServiceConfig
-from mhd.model import DestKey, Service, ServiceKey
-from mhd.planner import Desired, Op, apply_ops, plan, unmanaged
+from mhd.config.records import Config
+from mhd.membership import HealthView, Membership, all_healthy, desired_state
+from mhd.model import Service, ServiceKey
+from mhd.planner import Op, apply_ops, claims, plan, unmanaged
 from mhd.state import StateDir
 
 if TYPE_CHECKING:  # the IPVS client pulls in pyroute2; this module only passes it through
     from mhd.ipvs import IpvsClient, OpFailure
 
 log = logging.getLogger("mhd.reconcile")
-
-# Is this server healthy? (service name, server key) -> bool. `mhctl apply` says yes to every one.
-HealthView = Callable[[str, DestKey], bool]
-
-
-def all_healthy(_service: str, _server: DestKey) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Membership:
-    """Which servers of one service belong in IPVS, and whether the min-healthy guard fired."""
-
-    members: frozenset[DestKey]
-    panic: bool
-    healthy: int
-    enabled: int
-
-
-def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> Membership:
-    """Healthy, enabled servers; all enabled ones when fewer than `min-healthy` are healthy (panic).
-
-    Operator-disabled servers stay out even in panic: a drain is an explicit decision.
-    """
-    enabled = [s for s in svc.servers if str(s.key) not in disabled] if disabled else list(svc.servers)
-    up = frozenset(s.key for s in enabled if healthy(svc.name, s.key))
-    need = svc.min_healthy.required(len(enabled))
-    if len(up) < need:
-        return Membership(frozenset(s.key for s in enabled), True, len(up), len(enabled))
-    return Membership(up, False, len(up), len(enabled))
-
-
-def desired_state(
-    config: Config,
-    healthy: HealthView,
-    disabled: Mapping[str, set[str]],
-    only: set[ServiceKey] | None = None,
-) -> tuple[dict[ServiceKey, Desired], dict[str, Membership]]:
-    """What IPVS should hold for every configured service, or for the `only` ones."""
-    desired: dict[ServiceKey, Desired] = {}
-    members: dict[str, Membership] = {}
-    services = config.services if only is None else [config.by_key[k] for k in only if k in config.by_key]
-    for svc in services:
-        m = membership(svc, healthy, disabled.get(svc.name, set()))
-        members[svc.name] = m
-        desired[svc.key] = Desired(svc.name, svc.service(set(m.members)))
-    return desired, members
 
 
 @dataclass
@@ -83,6 +36,10 @@ class Outcome:
     # (`observed` itself stays the state the ops were planned on: `mhctl apply` counts moved flows
     # against it). After a failed op it is `observed`: the next whole pass reads the truth.
     after: dict[ServiceKey, Service] = field(default_factory=dict)
+    # Configured services the kernel held without mhd owning them: left alone, or taken over
+    # because they say `adopt: true` (planner.claims).
+    refused: list[ServiceKey] = field(default_factory=list)
+    adopted: list[ServiceKey] = field(default_factory=list)
 
     @property
     def applied(self) -> int:
@@ -105,7 +62,9 @@ async def reconcile(
     The periodic pass is always whole and catches drift everywhere else.
 
     Ownership is recorded *before* writing, so a crash half-way still knows which services are mhd's;
-    services deleted because they left the config are forgotten only after the kernel confirmed.
+    services deleted because they left the config are forgotten only after the kernel confirmed,
+    and one whose creation found another's already there (EEXIST) is not recorded.
+    A configured service the kernel already holds and mhd does not own is refused (`claims`).
     """
     desired, members = desired_state(config, healthy, state.disabled(), only)
     all_owned = owned = state.owned()
@@ -120,19 +79,53 @@ async def reconcile(
         owned = owned & only
     ops = plan(desired, observed, owned)
     foreign = unmanaged(desired, observed, owned)
+    claim = claims(desired, observed, owned)
     if dry_run:
-        return Outcome(observed, ops, [], foreign, members, observed)
-    state.set_owned(all_owned | set(desired))
+        return Outcome(observed, ops, [], foreign, members, observed, *claim)
+    mine = all_owned | (set(desired) - set(claim.refused))
+    state.set_owned(mine)
+    for key in claim.adopted:
+        log.warning("service %s %s: adopted (adopt: true): mhd manages it from now on", desired[key].name, key,
+                    extra={"MHD_SERVICE": desired[key].name})  # fmt: skip
     failures = await client.apply(ops) if ops else []
     failed = {f.op.service.key for f in failures if f.op.kind == "delete-service"}
     gone = {op.service.key for op in ops if op.kind == "delete-service"} - failed
     gone |= (owned - set(desired)) - set(observed)
-    state.set_owned((all_owned | set(desired)) - gone)
+    # EEXIST on a creation: a service appeared after the dump; unless it was mhd's, it is not now.
+    gone |= {
+        f.op.service.key for f in failures if f.op.kind == "add-service" and f.error.code == errno.EEXIST
+    } - all_owned
+    state.set_owned(mine - gone)
     log_ops(ops)
     for failure in failures:
         log.error("%s", failure)
     after = apply_ops(observed, ops) if ops and not failures else observed
-    return Outcome(observed, ops, failures, foreign, members, after)
+    return Outcome(observed, ops, failures, foreign, members, after, *claim)
+
+
+def refusal(name: str, key: ServiceKey) -> str:
+    """Why a configured service is left alone, and what the operator can do: said by the daemon's
+    log, `mhctl plan` and `mhctl apply` alike."""
+    return (
+        f"service {name} {key}: IPVS already holds it and mhd does not own it (another tool's or "
+        "hand-made): left alone; set adopt: true on it to take it over, or remove it from IPVS or from the config"
+    )
+
+
+def log_refusals(
+    before: set[ServiceKey], outcome: Outcome, config: Config, only: set[ServiceKey] | None
+) -> set[ServiceKey]:
+    """Log a refused service once when it starts being refused and once when that ends (a pass
+    every reconcile-interval would otherwise repeat it); return the keys refused now."""
+    seen = before if only is None else before & only
+    now = set(outcome.refused)
+    for key in sorted(now - seen, key=ServiceKey.sort_key):
+        svc = config.by_key.get(key)
+        name = svc.name if svc else "-"
+        log.warning("%s", refusal(name, key), extra={"MHD_SERVICE": name})
+    for key in sorted(seen - now, key=ServiceKey.sort_key):
+        log.info("service %s is no longer refused (adopted, gone from IPVS, or from the config)", key)
+    return (before - seen) | now
 
 
 def log_ops(ops: list[Op], limit: int = 50) -> None:

@@ -22,8 +22,9 @@ from mhd.config.validate import load
 from mhd.daemon import Daemon
 from mhd.health import CheckResult, Health, State
 from mhd.kernel import KernelInfo
+from mhd.membership import desired_state
 from mhd.model import DestKey, Service, Stats, parse_ip
-from mhd.reconcile import Outcome, desired_state
+from mhd.reconcile import Outcome
 from mhd.reports import ReloadResult
 from mhd.state import StateDir
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from mhd.config.diff import changed_services
 from mhd.config.validate import loads
-from mhd.reconcile import desired_state, membership
+from mhd.membership import desired_state, membership
 
 
 def service(n: int, min_healthy: str = "1"):  # type: ignore[no-untyped-def]

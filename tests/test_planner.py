@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mhd.model import MH_PORT, Dest, DestKey, Service, ServiceKey
-from mhd.planner import Desired, Op, apply_ops, canonical, plan, unmanaged
+from mhd.planner import Claims, Desired, Op, apply_ops, canonical, claims, goes_live, plan, unmanaged
 
 KEY = ServiceKey(socket.AF_INET, protocol=17, address=ipaddress.IPv4Address("203.0.113.15"), port=80)
+MINE = {KEY}  # what the state dir says mhd owns
 OTHER = ServiceKey(socket.AF_INET, protocol=6, address=ipaddress.IPv4Address("203.0.113.16"), port=443)
 
 
@@ -40,9 +42,9 @@ def test_plan_reaches_desired_in_canonical_order_and_is_idempotent(
 ) -> None:
     want_dests = [dest(i, w) for i in want]
     observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
-    result = apply_ops(observed, plan(desired(want_dests), observed))
+    result = apply_ops(observed, plan(desired(want_dests), observed, MINE))
     assert result[KEY].dests == canonical(want_dests)
-    assert plan(desired(want_dests), result) == []
+    assert plan(desired(want_dests), result, MINE) == []
 
 
 @given(want=servers, histories=st.lists(kernel_lists(), min_size=2, max_size=2))
@@ -52,7 +54,7 @@ def test_two_histories_end_in_the_same_kernel_list(
     ends = []
     for have in histories:
         observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
-        ends.append(apply_ops(observed, plan(desired([dest(i) for i in want]), observed))[KEY].dests)
+        ends.append(apply_ops(observed, plan(desired([dest(i) for i in want]), observed, MINE))[KEY].dests)
     assert ends[0] == ends[1]
 
 
@@ -61,7 +63,7 @@ def test_plan_is_minimal(want: list[int], have: tuple[Dest, ...]) -> None:
     """No destination is touched twice more than re-sending needs, and kept ones are not deleted."""
     want_dests = canonical(dest(i) for i in want)
     observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
-    ops = plan(desired(list(want_dests)), observed)
+    ops = plan(desired(list(want_dests)), observed, MINE)
     # Lower bound: everything not wanted goes; everything wanted but absent comes.
     have_keys = {d.key for d in have}
     want_keys = {d.key for d in want_dests}
@@ -78,7 +80,7 @@ def test_plan_is_minimal(want: list[int], have: tuple[Dest, ...]) -> None:
 def test_new_destination_in_the_middle_resends_only_the_part_in_front() -> None:
     have = canonical(dest(i) for i in (1, 2, 4, 5))
     observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
-    ops = plan(desired([dest(i) for i in (1, 2, 3, 4, 5)]), observed)
+    ops = plan(desired([dest(i) for i in (1, 2, 3, 4, 5)]), observed, MINE)
     assert [(op.kind, str(op.dest.key) if op.dest else "") for op in ops] == [
         ("delete-dest", "10.0.0.2:80"),
         ("delete-dest", "10.0.0.3:80"),
@@ -91,14 +93,14 @@ def test_new_destination_in_the_middle_resends_only_the_part_in_front() -> None:
 def test_weight_change_is_an_edit_in_place() -> None:
     have = canonical(dest(i) for i in (1, 2, 3))
     observed = {KEY: Service(KEY, "mh", MH_PORT, dests=have)}
-    ops = plan(desired([dest(1), dest(2, 7), dest(3)]), observed)
+    ops = plan(desired([dest(1), dest(2, 7), dest(3)]), observed, MINE)
     assert [op.kind for op in ops] == ["edit-dest"]
     assert ops[0].changes == (("weight", 1, 7),)
 
 
 def test_scheduler_or_flag_change_is_a_service_edit() -> None:
     observed = {KEY: Service(KEY, "wrr", 0, dests=canonical([dest(1)]))}
-    ops = plan(desired([dest(1)]), observed)
+    ops = plan(desired([dest(1)]), observed, MINE)
     assert [op.kind for op in ops] == ["edit-service"]
     assert dict((k, (a, b)) for k, a, b in ops[0].changes) == {
         "scheduler": ("wrr", "mh"),
@@ -109,15 +111,43 @@ def test_scheduler_or_flag_change_is_a_service_edit() -> None:
 def test_non_mh_service_does_not_reorder() -> None:
     have = (dest(3), dest(1))
     observed = {KEY: Service(KEY, "wrr", MH_PORT, dests=have)}
-    assert plan(desired([dest(1), dest(3)], "wrr"), observed) == []
+    assert plan(desired([dest(1), dest(3)], "wrr"), observed, MINE) == []
 
 
 def test_unowned_services_are_left_alone_and_reported() -> None:
     foreign = Service(OTHER, "rr", 0, dests=(dest(9),))
     observed = {OTHER: foreign}
-    ops = plan(desired([dest(1)]), observed)
+    ops = plan(desired([dest(1)]), observed, MINE)
     assert all(op.service.key == KEY for op in ops)
     assert unmanaged(desired([dest(1)]), observed) == [OTHER]
+
+
+@given(want=servers, have=kernel_lists(), sched=st.sampled_from(["mh", "wrr", "none"]))
+def test_a_configured_service_mhd_does_not_own_is_left_alone_unless_adopted(
+    want: list[int], have: tuple[Dest, ...], sched: str
+) -> None:
+    """Someone else's service at a configured key: not a single operation on it, and reported as
+    refused; with adopt it is planned exactly as if mhd owned it (before: adopted silently)."""
+    observed = {KEY: Service(KEY, sched, 0, dests=have)}
+    refused = desired([dest(i) for i in want])
+    assert plan(refused, observed) == []
+    assert claims(refused, observed) == Claims([KEY], []) and unmanaged(refused, observed) == []
+    adopt = {KEY: replace(refused[KEY], adopt=True)}
+    assert plan(adopt, observed) == plan(refused, observed, MINE)
+    assert claims(adopt, observed) == Claims([], [KEY])
+    # Owned, or absent from the kernel: nothing to claim, and adopt changes nothing.
+    assert claims(refused, observed, MINE) == claims(refused, {}) == Claims([], [])
+    assert plan(adopt, {}) == plan(refused, {})
+
+
+def test_only_the_edit_that_ends_a_staged_creation_goes_live() -> None:
+    staged = plan(desired([dest(1), dest(2), dest(3)]), {})
+    assert [goes_live(op) for op in staged] == [False] * 4 + [True]
+    cut_short = {KEY: Service(KEY, "none", MH_PORT, dests=(dest(2),))}
+    assert [goes_live(op) for op in plan(desired([dest(1), dest(2)]), cut_short, MINE)] == [False, True]
+    switched = {KEY: Service(KEY, "wrr", MH_PORT, dests=(dest(1),))}
+    assert [goes_live(op) for op in plan(desired([dest(1)]), switched, MINE)] == [False]
+    assert not any(goes_live(op) for op in plan(desired([dest(1)]), {}))
 
 
 def test_owned_service_removed_from_config_is_deleted() -> None:
@@ -164,10 +194,10 @@ def test_new_service_with_one_server_is_not_staged() -> None:
 def test_service_left_without_scheduler_by_a_crash_is_finished_in_place() -> None:
     """A director that stopped between the staged steps: the next pass edits, never re-creates."""
     observed = {KEY: Service(KEY, "none", MH_PORT, dests=(dest(2), dest(3)))}
-    ops = plan(desired([dest(1), dest(2), dest(3)]), observed)
+    ops = plan(desired([dest(1), dest(2), dest(3)]), observed, MINE)
     assert [op.kind for op in ops] == ["add-dest", "edit-service"]
     assert ops[-1].changes == (("scheduler", "none", "mh"),)
-    assert plan(desired([dest(1), dest(2), dest(3)]), apply_ops(observed, ops)) == []
+    assert plan(desired([dest(1), dest(2), dest(3)]), apply_ops(observed, ops), MINE) == []
 
 
 def naive_apply(observed: dict[ServiceKey, Service], ops: list[Op]) -> dict[ServiceKey, Service]:

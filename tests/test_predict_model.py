@@ -41,7 +41,7 @@ def test_plan_moves_is_the_share_of_slots_that_change_server() -> None:
     before = svc([1, 2, 3, 4])  # canonical order, as mhd keeps it
     observed = {KEY: before}
     want = {KEY: Desired("dns", svc([1, 2, 3, 4, 5]))}
-    ops = plan(want, observed)
+    ops = plan(want, observed, owned={KEY})
     moved = plan_moves(observed, ops, MODEL)
     assert set(moved) == {KEY}
     assert 0.0 < moved[KEY] < 0.5  # adding a fifth server moves about a fifth of the flows

@@ -67,6 +67,7 @@ class ServiceConfig:
     servers: tuple[ServerConfig, ...]
     check: CheckSpec
     min_healthy: MinHealthy = MinHealthy()
+    adopt: bool = False  # take over a service already in IPVS that mhd does not own (README)
 
     def service(self, members: set[DestKey] | None = None) -> Service:
         """The kernel service with `members` (default: every configured server) as destinations."""

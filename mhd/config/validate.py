@@ -124,6 +124,7 @@ SERVICE_KEYS = (
     "servers",
     "check",
     "min-healthy",
+    "adopt",
 )
 DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "check", "min-healthy")
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
@@ -272,9 +273,10 @@ class _Validator(CheckReader):
         check = self.check(m.get("check"), self.default_check)
         min_healthy = self.min_healthy(merged["min-healthy"]) if "min-healthy" in merged else MinHealthy()
         servers = self.servers(m.get("servers"), node, key, forward, check)
+        adopt = "adopt" in m and self.boolean(m["adopt"], "adopt") is True
         if len(self.problems) > start or key is None or name is None:
             return None
-        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy)
+        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy, adopt)
 
     def service_name(self, node: Located, m: dict[str, Located]) -> str | None:
         if "name" not in m:

@@ -17,7 +17,7 @@ from mhd import kernel
 from mhd.config.yamlsource import ConfigError
 from mhd.ctl.client import ClientError, Rejected
 from mhd.netlink import NetlinkError
-from mhd.state import StateError
+from mhd.state import StateError, StateFileError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
@@ -42,7 +42,7 @@ def run(func: Callable[[Namespace], Any], args: Namespace) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as exc:
+    except (UsageError, StateFileError) as exc:
         print(f"mhctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as exc:

@@ -11,7 +11,7 @@ from mhd import kernel
 from mhd.config.records import Config
 from mhd.ctl.exits import EXIT_FAIL
 from mhd.ctl.maglev import load_config, model_for
-from mhd.reconcile import reconcile
+from mhd.reconcile import Outcome, reconcile, refusal
 from mhd.state import StateDir
 
 if TYPE_CHECKING:
@@ -58,7 +58,20 @@ async def cmd_plan(args: argparse.Namespace) -> None:
         print(f"# {names.get(key, '-')} {key}: moves {share:.1%} of flows to another server")
     for key in outcome.unmanaged:
         print(f"# not managed by mhd, left alone: {key}")
+    for key in outcome.refused:
+        print(f"# refused: {refusal(names[key], key)}")
+    for key in outcome.adopted:
+        print(f"# would adopt {names[key]} {key} (adopt: true): IPVS holds it and mhd does not own it yet")
     print(f"{len(outcome.ops)} operations" if outcome.ops else "in sync: nothing to do")
+
+
+def report_claims(config: Config, outcome: Outcome) -> None:
+    """`mhctl apply`: services it refused or adopted, on stderr (the daemon logs the same)."""
+    names = {s.key: s.name for s in config.services}
+    for key in outcome.refused:
+        print(f"error: {refusal(names[key], key)}", file=sys.stderr)
+    for key in outcome.adopted:
+        print(f"adopted {names[key]} {key} (adopt: true): mhd manages it from now on", file=sys.stderr)
 
 
 async def cmd_apply(args: argparse.Namespace) -> int | None:
@@ -79,8 +92,10 @@ async def cmd_apply(args: argparse.Namespace) -> int | None:
                 print(op.describe())
     for failure in outcome.failures:
         print(f"error: {failure}", file=sys.stderr)
+    report_claims(config, outcome)
     print(
         f"applied {outcome.applied} operations"
         + (f", {len(outcome.failures)} failed" if outcome.failures else "")
+        + (f", {len(outcome.refused)} services refused" if outcome.refused else "")
     )
-    return EXIT_FAIL if outcome.failures else None
+    return EXIT_FAIL if outcome.failures or outcome.refused else None

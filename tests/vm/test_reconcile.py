@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import netns as nsh
@@ -12,7 +15,7 @@ from configs import dns_config
 
 from mhd.config.validate import loads
 from mhd.ipvs import IpvsClient
-from mhd.model import Service
+from mhd.model import DestKey, Service
 from mhd.planner import Desired, plan
 from mhd.reconcile import Outcome, reconcile
 from mhd.state import StateDir
@@ -33,6 +36,11 @@ def apply_in(ns: str, text: str, state_dir: Path, *, dry_run: bool = False) -> O
 
     with nsh.in_netns(ns):
         return asyncio.run(go())
+
+
+def adopting(text: str) -> str:
+    """The file with `adopt: true` on its service: take it over from whoever made it."""
+    return text.replace("    mh-port: true\n", "    mh-port: true\n    adopt: true\n", 1)
 
 
 @pytest.fixture
@@ -106,12 +114,49 @@ def test_staged_creation_cut_short_is_finished_by_the_next_pass(
     with nsh.in_netns(t.director):
         half = asyncio.run(cut_short())
     assert half is not None and half.scheduler == "none" and len(half.dests) == 2
+    StateDir(tmp_path).set_owned({half.key})  # as reconcile records it before writing
     finish = apply_in(t.director, dns_config(t.vip, servers), tmp_path)
     assert not finish.failures
     assert [op.kind for op in finish.ops] == ["add-dest", "edit-service"]
     view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
     assert view.scheduler == "mh" and view.dest_addrs() == [t.rs(1), t.rs(2), t.rs(3)]
     assert apply_in(t.director, dns_config(t.vip, servers), tmp_path).ops == []
+
+
+def test_staged_creation_with_a_refused_server_stays_off_until_complete(
+    director: nsh.Topology, tmp_path: Path
+) -> None:
+    """The kernel refuses one server of a staged creation (a multicast address: EINVAL). The edit
+    that switches the scheduler on is held back, so the service never goes live with part of its
+    servers; once the config no longer holds the bad server, the next pass finishes it in place.
+    (Before: the pipelined batch switched `mh` on over the servers that happened to get in.)"""
+    t = director
+    servers = [t.rs(i) for i in (1, 2, 3)]
+    svc = loads(dns_config(t.vip, servers), "test.yaml").services[0]
+    refused = replace(svc.servers[0].dest(), key=DestKey(ipaddress.ip_address("224.0.0.9"), 53))
+    whole = svc.service()
+    staged = plan({svc.key: Desired(svc.name, replace(whole, dests=(*whole.dests, refused)))}, {})
+    assert [op.kind for op in staged] == ["add-service"] + ["add-dest"] * 4 + ["edit-service"]
+    StateDir(tmp_path).set_owned({svc.key})  # as reconcile records it before writing
+
+    async def apply_staged() -> tuple[list[tuple[str, int]], Service | None]:
+        client = await IpvsClient.open()
+        try:
+            failures = await client.apply(staged)
+            return [(f.op.kind, f.error.code) for f in failures], await client.service(svc.key)
+        finally:
+            client.close()
+
+    with nsh.in_netns(t.director):
+        failures, half = asyncio.run(apply_staged())
+    assert failures == [("add-dest", errno.EINVAL), ("edit-service", errno.ECANCELED)]
+    assert half is not None and half.scheduler == "none"
+    view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
+    assert view.scheduler == "none" and view.dest_addrs() == servers
+    finish = apply_in(t.director, dns_config(t.vip, servers), tmp_path)
+    assert not finish.failures and [op.kind for op in finish.ops] == ["edit-service"]
+    view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
+    assert view.scheduler == "mh" and view.dest_addrs() == servers
 
 
 def test_unmanaged_services_stay_untouched(director: nsh.Topology, tmp_path: Path) -> None:
@@ -126,6 +171,36 @@ def test_unmanaged_services_stay_untouched(director: nsh.Topology, tmp_path: Pat
     gone = apply_in(t.director, "services: []\n", tmp_path)
     assert [op.kind for op in gone.ops] == ["delete-service"]
     assert [line for line in nsh.ipvsadm_save(t.director).splitlines()] == foreign
+
+
+def test_a_configured_service_that_is_not_mhds_is_refused_unless_adopted(
+    director: nsh.Topology, mhd_cmd, tmp_path: Path
+) -> None:
+    """A hand-made service at a configured address: not one write to it, not recorded as mhd's,
+    not deleted when it leaves the config, and `mhctl plan` says why; `adopt: true` takes it over.
+    (Before: its scheduler was changed and its server deleted without a word.)"""
+    t = director
+    nsh.ipvsadm(t.director, "-A", "-u", f"{t.vip}:53", "-s", "rr")
+    nsh.ipvsadm(t.director, "-a", "-u", f"{t.vip}:53", "-r", "10.1.9.9:53", "-m")
+    before = nsh.ipvsadm_save(t.director)
+    text = dns_config(t.vip, [t.rs(1), t.rs(2)])
+    refused = apply_in(t.director, text, tmp_path)
+    assert [str(k) for k in refused.refused] == [f"udp:{t.vip}:53"] and refused.ops == []
+    assert nsh.ipvsadm_save(t.director) == before and StateDir(tmp_path).owned() == set()
+    cfg = tmp_path / "mhd.yaml"
+    cfg.write_text(adopting(text))
+    plan = mhd_cmd(t.director, "plan", str(cfg), "--state-dir", str(tmp_path))
+    assert f"# would adopt dns udp:{t.vip}:53 (adopt: true)" in plan.stdout
+    assert apply_in(t.director, "services: []\n", tmp_path).ops == []
+    assert nsh.ipvsadm_save(t.director) == before
+    adopted = apply_in(t.director, adopting(text), tmp_path)
+    assert [str(k) for k in adopted.adopted] == [f"udp:{t.vip}:53"] and not adopted.failures
+    view = nsh.ipvs_services(t.director)[f"udp {t.vip}:53"]
+    assert view.scheduler == "mh" and view.dest_addrs() == [t.rs(1), t.rs(2)]
+    # Owned from now on: managed without the key, and deleted when it leaves the config.
+    assert apply_in(t.director, text, tmp_path).ops == []
+    assert [op.kind for op in apply_in(t.director, "services: []\n", tmp_path).ops] == ["delete-service"]
+    assert nsh.ipvsadm_save(t.director).strip() == ""
 
 
 def test_canonical_order_gives_identical_mappings_whatever_the_history(
@@ -157,7 +232,7 @@ def test_canonical_order_gives_identical_mappings_whatever_the_history(
     control_order = nsh.ipvs_services(t3.director)[f"udp {t3.vip}:53"].dest_addrs()
     flows = t1.flows(20_000)
     control = nsh.udp_flow_map(t3.client, t3.director, flows[:5000], t3.vip, UDP_PORT)
-    apply_in(t3.director, dns_config(t3.vip, servers), tmp_path / "s3")
+    apply_in(t3.director, adopting(dns_config(t3.vip, servers)), tmp_path / "s3")
 
     saves = [nsh.ipvsadm_save(t.director).replace(t.vip, "VIP") for t in (t1, t2, t3)]
     assert saves[0] == saves[1] == saves[2]
