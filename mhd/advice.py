@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Literal
 
-from .config import Config, ServiceConfig
-from .maglev import _turns, table_size
-from .model import MH_PORT
-from .yamlsource import Located
+from mhd.config.validate import Config, ServiceConfig
+from mhd.config.yamlsource import Located
+from mhd.maglev.table import _turns, table_size
+from mhd.model import MH_PORT
 
 AdviceCode = Literal["mh-port", "table-balance", "weights-shifted"]
 

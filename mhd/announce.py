@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .model import IPAddress, ServiceKey
+from mhd.model import IPAddress, ServiceKey
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 SharedRule = Literal["all", "any"]

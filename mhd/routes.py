@@ -38,8 +38,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from .announce import Prefix
-from .state import StateDir, StateError
+from mhd.announce import Prefix
+from mhd.state import StateDir, StateError
 
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
@@ -288,21 +288,19 @@ class Kernel:
         return failures
 
     def apply_addresses(self, ops: Iterable[RouteOp]) -> list[tuple[RouteOp, str]]:
-        failures = []
-        index = 0
+        """Write link and address ops; the failed ones with the reason (the rest go on)."""
+        failures: list[tuple[RouteOp, str]] = []
+        indexes: dict[str, int] = {}
         for op in ops:
             try:
-                self.writes += 1
-                if op.kind == "add-link":
-                    self.ipr.link("add", ifname=op.link, kind="dummy")
-                    index = self.ipr.link_lookup(ifname=op.link)[0]
-                    self.ipr.link("set", index=index, state="up")
-                    continue
-                index = index or self.ipr.link_lookup(ifname=op.link)[0]
-                if op.kind == "link-up":
+                index = indexes.get(op.link) or self._index(op.link, create=op.kind == "add-link")
+                indexes[op.link] = index
+                if op.kind in ("add-link", "link-up"):
+                    self.writes += 1
                     self.ipr.link("set", index=index, state="up")
                     continue
                 assert op.prefix is not None
+                self.writes += 1
                 self.ipr.addr(
                     "add" if op.kind == "add-address" else "del",
                     index=index,
@@ -310,9 +308,18 @@ class Kernel:
                     prefixlen=op.prefix.prefixlen,
                     family=_family(op.prefix),
                 )
-            except Exception as exc:
+            except Exception as exc:  # NetlinkError, OSError: reported per op, never fatal
                 failures.append((op, _reason(exc)))
         return failures
+
+    def _index(self, name: str, *, create: bool) -> int:
+        if create:
+            self.writes += 1
+            self.ipr.link("add", ifname=name, kind="dummy")
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            raise RtnlError(f"no interface {name}")
+        return int(found[0])
 
 
 def _reason(exc: Exception) -> str:
@@ -358,7 +365,8 @@ def sync(
                 write_owned(state, ap.owned_before)
             failures += kernel.apply_addresses(ap.ops)
             failed = {op.prefix for op, _ in failures if op.kind == "add-address"}
-            after = Owned(ap.owned_after.addresses - failed, ap.owned_after.link_created, interface)
+            created = ap.owned_after.link_created and not any(op.kind == "add-link" for op, _ in failures)
+            after = Owned(ap.owned_after.addresses - failed, created, interface)
             if after != ap.owned_before:
                 write_owned(state, after)
         elif not dry_run and ap.owned_after != owned:

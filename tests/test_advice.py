@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mhd.advice import advise, positions, shifted_weights
-from mhd.config import loads, validate
-from mhd.maglev import MhDest, build_table
-from mhd.yamlsource import parse
+from mhd.config.validate import loads, validate
+from mhd.config.yamlsource import parse
+from mhd.maglev.table import MhDest, build_table
 
 CONFIG = """\
 services:

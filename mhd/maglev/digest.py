@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .maglev import MaglevTable, moved_fraction
-from .model import MH_FALLBACK, MH_PORT, Dest, DestKey, Service, ServiceKey, parse_ip
-from .predict import Model, table
+from mhd.maglev.predict import Model, table
+from mhd.maglev.table import MaglevTable, moved_fraction
+from mhd.model import MH_FALLBACK, MH_PORT, Dest, DestKey, Service, ServiceKey, parse_ip
 
 DIGEST_LENGTH = 16
 FORMAT = "mhd-table-1"

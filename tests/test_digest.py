@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mhd.maglev.digest import differing_share, digest, from_table_json, table_json
+from mhd.maglev.predict import Model, table
 from mhd.model import MH_FALLBACK, MH_PORT, Dest, DestKey, Service, ServiceKey, parse_ip
-from mhd.predict import Model, table
-from mhd.tabledigest import differing_share, digest, from_table_json, table_json
 
 KEY = ServiceKey(socket.AF_INET, protocol=17, address=parse_ip("203.0.113.53"), port=53)
 MODEL = Model(12, "intree")
