@@ -251,6 +251,10 @@ class Kernel:
                 out.append(Route(p, t, msg["proto"], msg["type"]))
         return out
 
+    def announced(self, table: int, protocol: int) -> set[Prefix]:
+        """The prefixes mhd's routes announce now: what `mhd.announce.seed` starts from at a restart."""
+        return {r.prefix for r in self.routes(table) if r.protocol == protocol}
+
     def link(self, name: str) -> Link | None:
         """The interface and its addresses, or None when there is none of that name."""
         found = self.ipr.link_lookup(ifname=name)

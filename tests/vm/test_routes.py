@@ -99,6 +99,10 @@ def test_routes_and_addresses_follow_desired_and_leave_the_rest(netns, tmp_path:
 
     # A restart with nothing changed: zero writes.
     assert run_sync(ns, state, {VIP, VIP6}, {VIP, VIP_B, VIP6}) == (0, [])
+    with nsh.in_netns(ns):
+        kernel = Kernel.open()
+        assert kernel.announced(TABLE, PROTO) == {VIP, VIP6}
+        kernel.close()
     assert run_sync(ns, state, {VIP, VIP6}, {VIP, VIP_B, VIP6, ipaddress.ip_network("203.0.113.12/32")}) == (
         0,
         [],
