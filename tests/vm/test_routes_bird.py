@@ -5,7 +5,6 @@ This is the reason for the route type `mhd.routes` uses (see its docstring)."""
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import subprocess
 import time
@@ -14,14 +13,12 @@ from pathlib import Path
 
 import netns as nsh
 import pytest
+from test_routes import PROTO, TABLE, VIP, run_sync
 
-from mhd.routes import Kernel, sync
+from mhd.announce import Prefix
 from mhd.state import StateDir
 
 pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 is not installed")
-
-TABLE, PROTO = 100, 252
-VIP = ipaddress.ip_network("203.0.113.10/32")
 
 
 def director_conf() -> str:
@@ -99,39 +96,12 @@ def test_bird_exports_mhd_routes_and_withdraws_them(birds: tuple[str, str], tmp_
     director, router = birds
     state = StateDir(tmp_path / "state")
 
-    def announce(prefixes: set[ipaddress.IPv4Network]) -> None:
-        with nsh.in_netns(director):
-            kernel = Kernel.open()
-            try:
-                result = sync(
-                    kernel,
-                    state,
-                    announce=prefixes,
-                    vips={VIP},
-                    table=TABLE,
-                    protocol=PROTO,
-                    interface="vip0",
-                )
-            finally:
-                kernel.close()
-        assert result.failures == []
+    def announce(prefixes: set[Prefix]) -> None:
+        assert run_sync(director, state, prefixes, {VIP})[1] == []
 
     # A foreign route in the same table with another protocol: BIRD's filter leaves it out.
-    nsh.run(
-        [
-            "ip",
-            "-n",
-            director,
-            "route",
-            "add",
-            "blackhole",
-            "198.51.100.0/24",
-            "table",
-            str(TABLE),
-            "proto",
-            "static",
-        ]
-    )
+    foreign = "ip route add blackhole 198.51.100.0/24 table 100 proto static"
+    nsh.run(["ip", "-n", director, *foreign.split()[1:]])
     announce({VIP})
     took = wait_for(lambda: "via 10.9.0.1" in router_route(router), "the router never learned the VIP")
     report(
