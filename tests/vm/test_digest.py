@@ -43,7 +43,7 @@ def test_digests_tell_directors_apart_and_predict_the_kernel(topology: nsh.Topol
     assert digest(two, m) == digest(here54, m)
     assert digest(one, m) != digest(two, m)
 
-    flows = t.flows(FLOWS)
+    flows = t.flows(FLOWS, addresses=FLOWS)  # one port, distinct addresses: distinct hash inputs
     seen53 = nsh.udp_flow_map(t.client, t.director, flows, t.vip, 53)
     seen54 = nsh.udp_flow_map(t.client, t.director, flows, t.vip, 54)
     assert len(seen53) == len(seen54) == FLOWS
@@ -63,4 +63,6 @@ def test_digests_tell_directors_apart_and_predict_the_kernel(topology: nsh.Topol
         f"digests {digest(one, m)} vs {digest(two, m)}: {differ} of {FLOWS} flows differ "
         f"({differ / FLOWS:.2%}), table share {share:.2%}"
     )
-    assert abs(differ / FLOWS - share) < 0.02  # a sample of the hash space; the flows above are exact
+    # The flows are a uniform sample of the hash space (the exact check is the per-flow one above):
+    # the binomial standard deviation is about 0.07 % here, the bound ten of them.
+    assert abs(differ / FLOWS - share) < 0.007
