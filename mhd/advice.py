@@ -18,12 +18,12 @@ so it reads like a config error but does not stop anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import Literal
 
-from mhd.config.validate import Config, ServiceConfig
+from mhd.config.records import Config, ServiceConfig
 from mhd.config.yamlsource import Located
 from mhd.maglev.table import _turns, table_size
 from mhd.model import MH_PORT
@@ -54,9 +54,17 @@ def advise(config: Config, tab_index: int, positions: Mapping[str, str] | None =
     return out
 
 
-def positions(file: str, identities: Iterable[tuple[str | None, object, Located]]) -> dict[str, str]:
-    """name -> "file:line" from the validator's `identities` (`mhd.config.validate` returns it)."""
-    return {name: f"{file}:{node.line}" for name, _key, node in identities if name}
+def positions(file: str, root: Located) -> dict[str, str]:
+    """name -> "file:line" of each service item of a parsed file (`mhd.config.yamlsource.parse`):
+    warnings point where the operator declared the service, as errors do."""
+    services = root.value.get("services") if isinstance(root.value, dict) else None
+    items = services.value if services is not None and isinstance(services.value, list) else []
+    out: dict[str, str] = {}
+    for item in items:
+        name = item.value.get("name") if isinstance(item.value, dict) else None
+        if name is not None and isinstance(name.value, str):
+            out.setdefault(name.value, f"{file}:{item.line}")
+    return out
 
 
 def advise_service(svc: ServiceConfig, tab_index: int, where: str = "") -> list[Advice]:

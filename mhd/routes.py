@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from mhd.announce import Prefix
-from mhd.state import StateDir, StateError
+from mhd.state import StateDir
 
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
@@ -197,18 +197,27 @@ def plan_addresses(desired: Iterable[Prefix], name: str, link: Link | None, owne
 
 def read_owned(state: StateDir) -> Owned:
     """mhd's addresses from the state dir (none when the file does not exist)."""
-    data = state._read(RECORD_FILE, {})
+    return state.read_file(RECORD_FILE, _owned_from_json, b"{}", RECORD_FIX)
+
+
+RECORD_FIX = (
+    "it records the VIP addresses mhd added; remove it only after deleting those addresses by hand,"
+    " or mhd will treat them as someone else's and leave them"
+)
+
+
+def _owned_from_json(data: object) -> Owned:
     if not isinstance(data, dict):
-        raise StateError(f"cannot read {state.path / RECORD_FILE}: not a JSON object; fix or remove the file")
+        raise ValueError("not a JSON object")
     try:
         return Owned.from_json(data)
-    except (TypeError, ValueError) as exc:
-        raise StateError(f"cannot read {state.path / RECORD_FILE}: {exc}; fix or remove the file") from None
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def write_owned(state: StateDir, owned: Owned) -> None:
     """Record mhd's addresses atomically (`StateDir`'s temporary file, fsync, rename)."""
-    state._write(RECORD_FILE, owned.to_json())
+    state.write_file(RECORD_FILE, owned.to_json())
 
 
 # ---- the rtnetlink edge --------------------------------------------------------------------------

@@ -164,12 +164,17 @@ class StateDir:
             self._lock_fd = None
 
     def _read(self, name: str, parse: Callable[[object], T]) -> T:
+        return self.read_file(name, parse, EMPTY[name], FIXES[name])
+
+    def read_file(self, name: str, parse: Callable[[object], T], empty: bytes, fix: str) -> T:
+        """Read and `parse` the JSON file `name` (`empty` when it does not exist). A file that
+        does not parse is a StateFileError naming the file and `fix`: mhd never guesses its state."""
         path = self.path / name
         try:
             with open(path, "rb") as f:
                 raw = f.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
-            raw = EMPTY[name]
+            raw = empty
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror}") from None
         try:
@@ -178,9 +183,13 @@ class StateDir:
             return parse(json.loads(raw.decode()))
         except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and shape errors; absurd nesting
             what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            raise StateFileError(f"{path} is not a valid mhd state file ({what}): {FIXES[name]}") from None
+            raise StateFileError(f"{path} is not a valid mhd state file ({what}): {fix}") from None
 
     def _write(self, name: str, data: Any) -> None:
+        self.write_file(name, data)
+
+    def write_file(self, name: str, data: Any) -> None:
+        """Write `data` as JSON to `name` atomically (temporary file, fsync, rename, fsync the dir)."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
         tmp = self.path / f".{name}.tmp"
         try:

@@ -86,7 +86,7 @@ def validate(
             )
             continue
         if names is not None and short not in names:
-            from mhd.config.validate import did_you_mean  # here: the config will import this module
+            from mhd.config.fields import did_you_mean  # here: the config will import this module
 
             hint = did_you_mean(short, sorted(names))
             also = f"; did you mean {PREFIX}{hint[0]}?" if hint else ""

@@ -36,8 +36,9 @@ services:
 
 
 def test_each_warning_names_the_service_and_its_line() -> None:
-    config, validator = validate(parse(CONFIG, "mhd.yaml"), "mhd.yaml", None, "")
-    warnings = advise(config, 12, positions("mhd.yaml", validator.identities))
+    root = parse(CONFIG, "mhd.yaml")
+    config, _ = validate(root, "mhd.yaml", None, "")
+    warnings = advise(config, 12, positions("mhd.yaml", root))
     assert [(w.service, w.code) for w in warnings] == [("web", "mh-port"), ("web", "weights-shifted")]
     text = [str(w) for w in warnings]
     assert text[0].startswith("mhd.yaml:8: warning: service web: scheduler mh without mh-port")
