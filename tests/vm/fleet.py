@@ -444,6 +444,16 @@ class ConnHolder:
             if rep.get("event") == "report":
                 return rep
 
+    def ports(self, timeout: float = 120.0) -> list[int]:
+        """The local (client) ports of every connection that was opened, alive or broken."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"ports\n")
+        self.proc.stdin.flush()
+        while True:
+            rep = self._line(timeout)
+            if rep.get("event") == "ports":
+                return [int(p) for p in rep["ports"]]
+
     def close(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(OSError):

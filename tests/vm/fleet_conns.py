@@ -19,6 +19,8 @@ unanswered for TIMEOUT seconds; broken connections are never reopened.
 Control over stdin/stdout, one JSON object per line on stdout:
   - after all connections were attempted it prints {"event": "opened", ...report};
   - the line "report" on stdin prints {"event": "report", ...report};
+  - "ports" prints {"event": "ports", "ports": [...]}, the local ports of every connection
+    that was opened (alive or broken);
   - "close" (or EOF on stdin) closes every connection and exits.
 A report: opened, failed_open, alive, broken, broken_by (reason -> n), per_server
 (server id -> alive connections), broken_per_server, stalled (alive with an echo outstanding
@@ -261,6 +263,9 @@ async def hold(args: argparse.Namespace) -> None:
         line = (await reader.readline()).strip()
         if line == b"report":
             print(json.dumps(h.report("report")), flush=True)
+        elif line == b"ports":
+            ports = [c.lport for c in h.conns if c.state in ("alive", "broken", "closed")]
+            print(json.dumps({"event": "ports", "ports": ports}), flush=True)
         elif line in (b"close", b""):
             break
     ticker.cancel()
