@@ -10,10 +10,9 @@ between directors.
   Maglev tables are identical: draining one director (and undraining it) breaks 0 connections.
 - `test_fleet_baseline_heavy_different_orders`: the directors got the servers in DIFFERENT
   orders (what three hand-fed directors, or a health checker's remove/re-add, end up with):
-  draining and undraining each director in turn DOES break connections, and exactly those
-  predicted from where each flow went (the directors' connection entries) and what each
-  director's table does with it (mhd's Maglev model).  This is the proof that the holder
-  sees every failure and the testbed causes none of its own.  "heavy": CI may run it once (`-k 'not heavy'`
+  draining and undraining each director in turn DOES break connections, each one a flow
+  whose first server some director's table (per mhd's Maglev model) does not pick.  This is
+  the proof that the holder can see a failure and that the testbed causes none of its own.  "heavy": CI may run it once (`-k 'not heavy'`
   leaves it out).
 
 Figures (connections, breaks, drain-to-FIB times) are printed with `report`.
@@ -88,37 +87,48 @@ def setup_directors(fleet: Fleet, orders: Sequence[Sequence[int]]) -> None:
     fleet.wait_fib(fleet.director_ips())
 
 
-def predicted_breaks(fleet: Fleet, client: str, ports: Sequence[int]) -> tuple[set[int], int]:
-    """(client `ports` predicted to break, flows seen): a flow breaks when ECMP moved it between
-    directors whose tables send it to different real servers.  Where a flow went is read from
-    each director's connection entries (an entry appears on every director that saw one of
-    its packets); what each table does, from mhd.maglev's model of the live destination
-    list (kernel order)."""
+def unexplained_breaks(fleet: Fleet, client: str,
+                       broken: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """The broken connections ([port, server, reason, t] from the holder) that no table
+    disagreement explains: every director's live table (mhd.maglev's model of its destination
+    list, kernel order) sends the flow to the server it first landed on, so no move between
+    directors could have broken it.
+
+    (The converse, "every flow that should have broken did", would need to know which
+    directors each flow visited; their connection entries do not tell reliably: a
+    mid-connection packet scheduled by sloppy_tcp creates an entry in state CLOSE, which
+    expires 10 s after the last packet of a broken flow.)"""
     from mhd.maglev import MhDest, build_table
 
     s = fleet.spec
-    mine = set(ports)  # not an earlier holder's connections that happened to use a port
-    seen: dict[int, set[int]] = {}
     tables = []
     for d in fleet.directors:
         svc = nsh.ipvs_services(d.ns)[f"tcp {s.vip}:{s.port}"]
         tables.append(build_table([MhDest(x.addr, x.port, x.weight) for x in svc.dests]))
-        for e in nsh.read_ip_vs_conn(d.ns):
-            # ESTABLISHED: not the closed connections of an earlier holder (same ports).
-            if (e.proto == "TCP" and e.state == "ESTABLISHED" and e.caddr == client
-                    and e.vaddr == s.vip and e.vport == s.port and e.cport in mine):
-                seen.setdefault(e.cport, set()).add(d.index)
-    out = set()
-    for port, where in seen.items():
-        if len(where) < 2:
-            continue
-        names = set()
-        for i in where:
-            k = tables[i].lookup(client, port, mh_port=True, fallback=False, protocol="tcp")
-            names.add(None if k is None else tables[i].dests[k].address)
-        if len(names) > 1:
-            out.add(port)
-    return out, len(seen)
+    out = []
+    for port, server, *_ in broken:
+        first = fleet.servers[int(server)].ip
+        picks = set()
+        for t in tables:
+            k = t.lookup(client, int(port), mh_port=True, fallback=False, protocol="tcp")
+            picks.add(None if k is None else t.dests[k].address)
+        if picks == {first}:
+            out.append([port, server, *_])
+    return out
+
+
+def expected_share(fleet: Fleet) -> float:
+    """Share of the 4093 slots on which the directors' tables do not all agree."""
+    from mhd.maglev import MhDest, build_table
+
+    s = fleet.spec
+    slots = []
+    for d in fleet.directors:
+        svc = nsh.ipvs_services(d.ns)[f"tcp {s.vip}:{s.port}"]
+        t = build_table([MhDest(x.addr, x.port, x.weight) for x in svc.dests])
+        slots.append([t.dests[k].address if k >= 0 else None for k in t.slots.tolist()])
+    differ = sum(1 for col in zip(*slots, strict=True) if len(set(col)) > 1)
+    return differ / len(slots[0])
 
 
 def drain_cycle(fleet: Fleet, report: Report, directors: Sequence[int], label: str, *,
@@ -169,7 +179,6 @@ def drain_cycle(fleet: Fleet, report: Report, directors: Sequence[int], label: s
         if not settle_undrain:
             time.sleep(SETTLE)
         final = h.report()
-        final["ports"] = h.ports()
     return quiet, final, drain_times
 
 
@@ -197,11 +206,10 @@ def test_fleet_baseline_heavy_different_orders(fleet: Fleet, report: Report) -> 
     assert final["broken"] > 0, final
     assert final["broken"] == len(broken) or len(broken) == 200
     assert final["broken_by"].get("timeout", 0) == 0, final
-    # Exactly the flows the model says must break did break: the holder misses none and
-    # the testbed adds none of its own.
-    predicted, flows = predicted_breaks(fleet, f"{fleet.spec.client_lan}.2", final["ports"])
-    got = {b[0] for b in broken}
-    report(f"baseline: predicted from the directors' entries and tables: {len(predicted)} "
-           f"of {flows} flows; broken {len(got)}")
-    assert got == predicted, (f"broken but not predicted {sorted(got - predicted)}, "
-                              f"predicted but alive {sorted(predicted - got)}")
+    # Every broken connection is one that a table disagreement explains (never a testbed
+    # fault such as a lost packet, a stall or a server restart).
+    unexplained = unexplained_breaks(fleet, f"{fleet.spec.client_lan}.2", broken)
+    report(f"baseline: the directors' tables disagree on {expected_share(fleet):.2%} of the "
+           f"slots; unexplained breaks: {unexplained}")
+    assert not unexplained, f"broken connections the tables agree on: {unexplained}"
+
