@@ -21,6 +21,7 @@ LAYERS: dict[str, str] = {
     "mhd.planner": "core",
     "mhd.health": "core",
     "mhd.membership": "core",
+    "mhd.reports": "core",
     "mhd.announce": "core",
     "mhd.advice": "core",
     "mhd.config": "core",
@@ -87,7 +88,9 @@ def imports(name: str, path: Path, known: Collection[str] = ()) -> Iterator[str]
 
 
 def layer(name: str) -> str | None:
-    best = max((p for p in LAYERS if name == p or name.startswith(p + ".")), key=len, default=None)
+    """The layer of `name`: its own entry or its package's ("mhd" itself covers only the package)."""
+    prefixes = (p for p in LAYERS if name == p or (p != "mhd" and name.startswith(p + ".")))
+    best = max(prefixes, key=len, default=None)
     return LAYERS[best] if best else None
 
 
@@ -180,4 +183,8 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     (root / "__init__.py").write_text("")
     (root / "daemon.py").write_text("from mhd import planner\n")
     (root / "planner.py").write_text("def f():\n    from mhd.daemon import Daemon\n    return Daemon\n")
-    assert layer_violations(root) == ["mhd.planner (core) imports mhd.daemon (shell)"]
+    (root / "stray.py").write_text("")
+    assert layer_violations(root) == [
+        "mhd.planner (core) imports mhd.daemon (shell)",
+    ]
+    assert layer("mhd.stray") is None, "a module nobody placed has no layer"
