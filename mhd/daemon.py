@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     sdnotify.setup_logging(getattr(logging, args.log_level.upper()))
     soft, _ = raise_fd_limit()
     if soft < 4096:
-        log.warning("only %d file descriptors allowed (RLIMIT_NOFILE): probes in flight beyond that fail", soft)
+        log.warning("only %d file descriptors allowed (RLIMIT_NOFILE): probes beyond that wait (not counted against servers); raise LimitNOFILE", soft)
     daemon = Daemon(find_config(args.config), args.state_dir)
     try:
         from mhd.api import server as api
