@@ -450,3 +450,10 @@ def test_any_token_soup_converts_to_a_valid_config(words: list[str]) -> None:
         path.write_text(" ".join(words))
         result = convert_file(str(path))
         loads(result.yaml, "soup.yaml")  # never invalid, never a traceback
+
+
+def test_misc_check_without_misc_timeout_gets_one_below_the_interval(tmp_path: Path) -> None:
+    text = "virtual_server 10.0.0.1 80 {\n protocol TCP\n delay_loop 5\n real_server 10.1.0.1 80 {\n  MISC_CHECK {\n   misc_path /bin/true\n  }\n }\n}\n"
+    result, config = imported(tmp_path, text)
+    assert (one(config).check.interval, one(config).check.timeout) == (5.0, 4.0)
+    assert any(":5: MISC_CHECK without misc_timeout" in n for n in notes(result))

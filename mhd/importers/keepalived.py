@@ -569,10 +569,15 @@ class Converter:
         timeout = timings.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         if kind == "MISC_CHECK":
             misc = next((c for c in node.children or [] if c.keyword == "misc_timeout"), None)
-            timeout = interval
-            if misc is not None:
-                value = _timing(misc, self.notes)
-                timeout = value if value else timeout
+            value = _timing(misc, self.notes) if misc is not None else None
+            if not value:
+                timeout = round(interval * 0.8, 3)
+                self.note(
+                    node,
+                    f"MISC_CHECK without misc_timeout: keepalived lets the script run for up to delay_loop ({interval:g}s); mhd's timeout must be shorter than the interval: {emit.duration(timeout)}",
+                )
+            else:
+                timeout = value
         if timeout >= interval or timeout <= 0:
             new = round(interval * 0.8, 3)
             self.note(
