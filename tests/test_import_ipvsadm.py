@@ -129,7 +129,7 @@ def test_files_must_be_text(tmp_path: Path) -> None:
 WORDS = [
     "-A", "-a", "-t", "-u", "-f", "--sctp-service", "-r", "-s", "-b", "-w", "-g", "-m", "-i", "-p", "-6", "-o",
     "-M", "-x", "10.0.0.1:80", "10.0.0.1", "[fd00::1]:80", "fd00::1", "10.1.0.1:0", "10.1.0.2:80", "7", "0",
-    "65536", "mh", "rr", "none", "mh-port,mh-fallback", "flag-1", "sh-port", "\n", "\n", '"', "#", "-C",
+    "65536", "mh", "rr", "none", "mh-port,mh-fallback", "flag-1", "sh-port", "\n", "\n", '"', "#", "-C", "\x01", "\x85", "é", "\u2028",
 ]  # fmt: skip
 
 

@@ -438,7 +438,7 @@ WORDS = [
     "weight", "delay_loop", "connect_timeout", "retry", "delay_before_retry", "alpha", "TCP_CHECK",
     "HTTP_GET", "SSL_GET", "DNS_CHECK", "UDP_CHECK", "MISC_CHECK", "url", "path", "status_code", "999",
     "misc_path", '"', "payload", "zz", "require_reply", "type", "name", "connect_port", "bindto", "include",
-    "@x", "$P=1", "$P", "!", "#", "10.0.0.3-4", "10.0.0.0/8", "inet6", "virtualhost", "0.0001", "1e9",
+    "@x", "$P=1", "$P", "!", "#", "10.0.0.3-4", "10.0.0.0/8", "inet6", "virtualhost", "0.0001", "1e9", "\x01", "\x85", "é", "\u2028",
 ]  # fmt: skip
 
 

@@ -76,6 +76,11 @@ def scalar(value: object) -> str:
     return json.dumps(text)
 
 
+def comment(text: str) -> str:
+    """Text for a `#` comment: YAML allows no control characters, even there (shown escaped)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def service_name(text: str) -> str:
     """A valid mhd service name ([a-z0-9][a-z0-9_.-]*) from any text."""
     name = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-_.")
@@ -99,7 +104,7 @@ def _check_lines(check: Check, indent: str) -> list[str]:
 
 
 def _service_lines(svc: ServiceOut, name: str) -> list[str]:
-    out = [f"  # {line}" for line in svc.source.splitlines()]
+    out = [f"  # {comment(line)}" for line in svc.source.splitlines()]
     out.append(f"  - name: {name}")
     if svc.fwmark is not None:
         out.append(f"    fwmark: {svc.fwmark}")
@@ -136,12 +141,12 @@ def _service_lines(svc: ServiceOut, name: str) -> list[str]:
 
 def render(services: Sequence[ServiceOut], notes: Iterable[Note], header: Sequence[str]) -> str:
     """The whole file: header comments, the review notes as comments, then `services:`."""
-    out = [f"# {h}" if h else "#" for h in header]
+    out = [f"# {comment(h)}" if h else "#" for h in header]
     notes = list(notes)
     if notes:
         out.append("#")
         out.append(f"# {len(notes)} things to review (left out or changed on the way):")
-        out += [f"#   {n}".replace("\n", " ") for n in notes]
+        out += [f"#   {comment(str(n))}" for n in notes]
     out.append("")
     if not services:
         out.append("services: []")
