@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
 import pytest
 
-from mhd.config import loads
-from mhd.importers import cli
+from mhd.config.validate import loads
+from mhd.ctl import imports as cli
+from mhd.ctl.main import main
 
 KEEPALIVED = (
     "vrrp_instance V {\n}\nvirtual_server 10.0.0.1 80 {\n protocol TCP\n real_server 10.1.0.1 80\n}\n"
@@ -17,10 +17,8 @@ KEEPALIVED = (
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mhctl")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """mhctl itself, its one parser and exit mapping."""
+    return main(argv)
 
 
 def test_keepalived_to_stdout_with_notes_on_stderr(

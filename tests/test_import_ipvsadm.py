@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhd.config import Config, loads
+from mhd.config.records import Config
+from mhd.config.validate import loads
 from mhd.importers import Imported, ImportFailed
 from mhd.importers.ipvsadm import convert_file, convert_text
 from mhd.model import FORWARD_METHODS, MH_FALLBACK, MH_PORT

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhd.config import Config, ServiceConfig, loads
+from mhd.config.records import Config, ServiceConfig
+from mhd.config.validate import loads
 from mhd.importers import Imported, ImportFailed
 from mhd.importers.keepalived import convert_file
 from mhd.model import FORWARD_METHODS, MH_FALLBACK, MH_PORT

@@ -20,10 +20,10 @@ import yaml
 from fakes import FakeDaemon, key
 from prometheus_client.parser import text_string_to_metric_families
 
-from mhd.checkers import CheckResult
-from mhd.metrics import Metrics
+from mhd.api.metrics import Metrics
+from mhd.health import CheckResult
 from mhd.model import Stats
-from mhd.prober import check_key
+from mhd.probing.prober import check_key
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "etc" / "prometheus" / "mhd-rules.yml"

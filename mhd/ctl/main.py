@@ -13,7 +13,7 @@ import sys
 
 from mhd import __version__
 from mhd.config.records import DEFAULT_SOCKET
-from mhd.ctl import client, offline
+from mhd.ctl import client, imports, offline
 from mhd.ctl import maglev as ctl_maglev
 from mhd.ctl.exits import run
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("service")
         c.add_argument("server", help="10.0.0.1:80, 10.0.0.1 or [2001:db8::1]:80")
         c.set_defaults(func=client.cmd_disable)
+    imports.register(sub)
     return p
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from . import Note
+from mhd.importers import Note
 
 Check = dict[str, object]
 

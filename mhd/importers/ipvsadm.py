@@ -19,8 +19,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from . import Imported, ImportFailed, Note, emit, read_text
-from .emit import ServerOut, ServiceOut
+from mhd.importers import Imported, ImportFailed, Note, emit, read_text
+from mhd.importers.emit import ServerOut, ServiceOut
 
 DEFAULT_SCHEDULER = "wlc"
 SERVICE_OPTS = {

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import MAX_FILE_BYTES, ImportFailed, Note, read_text
+from mhd.importers import MAX_FILE_BYTES, ImportFailed, Note, read_text
 
 MAX_TOTAL_BYTES = 64 << 20
 MAX_INCLUDE_DEPTH = 16

@@ -26,9 +26,9 @@ import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from . import Imported, Note, emit, kaconf
-from .emit import Check, ServerOut, ServiceOut
-from .kaconf import Node
+from mhd.importers import Imported, Note, emit, kaconf
+from mhd.importers.emit import Check, ServerOut, ServiceOut
+from mhd.importers.kaconf import Node
 
 DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0

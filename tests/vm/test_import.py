@@ -17,7 +17,7 @@ import netns as nsh
 import pytest
 from daemon_proc import wait_for
 
-from mhd.config import loads
+from mhd.config.validate import loads
 from mhd.importers import ipvsadm, keepalived
 
 KEEPALIVED = textwrap.dedent("""\

@@ -14,9 +14,8 @@ import subprocess
 import sys
 from typing import Any
 
-from . import Imported, ImportFailed, ipvsadm, keepalived
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from mhd.ctl.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from mhd.importers import Imported, ImportFailed, ipvsadm, keepalived
 
 
 class LiveFailed(ImportFailed):
