@@ -48,7 +48,7 @@ def main() -> int:
     p.add_argument(
         "--rate", type=float, default=0.01, help="chance of a fault per write request, window, dump"
     )
-    p.add_argument("--interval", default="10s", help="the daemon's reconcile-interval")
+    p.add_argument("--interval", default="60s", help="the daemon's reconcile-interval")
     p.add_argument(
         "--mix",
         default="2,1,1",

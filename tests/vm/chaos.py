@@ -255,7 +255,8 @@ class Mhd:
 
     def start(self, exec_: bool = False) -> None:
         assert not self.alive()
-        self.offset = self.log.stat().st_size if self.log.exists() else 0
+        self.log.touch()  # the child opens it only once forked
+        self.offset = self.log.stat().st_size
         argv = ["-c", str(self.config), "--state-dir", str(self.state)]
         self.started_at = time.monotonic()
         if exec_:
