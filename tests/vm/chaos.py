@@ -431,7 +431,12 @@ class Chaos:
         assert self.mhd.alive(), f"mhd died by itself:\n{self.mhd.text()[-3000:]}"
         finished = done_marker in self.mhd.text()[after:]
         self.mhd.kill()
-        self.counts.kills[where + (" (after its pass)" if finished else "")] += 1
+        self.counted(where + (" (after its pass)" if finished else ""))
+
+    def counted(self, where: str) -> None:
+        self.counts.kills[where] += 1
+        since = time.monotonic() - self.mhd.started_at
+        self.say(f"kill {sum(self.counts.kills.values())}: {where}, {since:.1f}s after the restart")
 
     def kill_cold(self) -> None:
         """Restart on whatever the kernel holds and kill at a random moment of the start-up pass."""
@@ -450,7 +455,7 @@ class Chaos:
             if changed
             else "start-up, before writing"
         )
-        self.counts.kills[where] += 1
+        self.counted(where)
 
     def ready(self, exec_: bool = False) -> None:
         self.start(exec_)
