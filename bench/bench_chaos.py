@@ -54,6 +54,12 @@ def main() -> int:
         default="2,1,1",
         help="odds of a kill in a start-up pass, a reload, a health transition (after the first, cold)",
     )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.0,
+        help="seconds: start no further chain once a chain more would end past this (0: none)",
+    )
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mhd-chaos-"))
@@ -68,16 +74,25 @@ def main() -> int:
     print(
         f"set-up (foreign services, clean applies of both variants): {time.monotonic() - t0:.0f}s", flush=True
     )
+    last, aborted = 0.0, ""
     chaos.mix = tuple(float(x) for x in args.mix.split(","))
     try:
         chaos.calibrate()
         for n in range(args.chains):
+            began = time.monotonic()
+            if args.budget and n and began - t0 + last > args.budget:
+                print(f"budget: stopping after {n} chains")
+                break
             exec_final = bool(args.exec_every) and n % args.exec_every == args.exec_every - 1
             chaos.chain(args.kills, converge_timeout=600, exec_final=exec_final)
             print(f"chain {n + 1} at {time.monotonic() - t0:.0f}s:", chaos.counts.summary(chaos.watcher)
                   .replace("\n", "; "), flush=True)  # fmt: skip
+            last = time.monotonic() - began
         if args.fault_seconds:
             chaos.fault_phase(args.fault_seconds, args.rate, converge_timeout=600)
+    except AssertionError as exc:  # the daemon died, or never converged: report, with the counts so far
+        aborted = str(exc)
+        print(f"ABORTED: {aborted[:4000]}", flush=True)
     finally:
         chaos.close()
         for ns in (director, reference):
@@ -86,11 +101,12 @@ def main() -> int:
     print(f"\n== chaos, {args.services} x {args.servers}, seed {args.seed}, {time.monotonic() - t0:.0f}s ==")
     print(c.summary(w))
     results = [
+        ("the run went through (no daemon death, no timeout)", not aborted),
         ("final differences from a clean apply", c.differences == 0),
         ("no weight-0 destination ever seen", not w.zero_weight),
         ("foreign services never changed", not w.foreign_changed),
         ("state dir intact", not c.state_problems),
-        ("idle after the faults (no busy loop)", not args.fault_seconds or chaos.cpu_fractions[1] < 0.5),
+        ("idle after the faults (no busy loop)", bool(getattr(chaos, "cpu_fractions", (1, 1))[1] < 0.5)),
     ]
     for problem in c.state_problems[:5] + w.zero_weight[:5] + w.foreign_changed[:5]:
         print(f"  {problem}")
