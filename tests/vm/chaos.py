@@ -376,6 +376,7 @@ class Chaos:
         self.watcher = Watcher(self.view, self.foreign)
         self.watcher.start()
         self.pass_s, self.pre_pass_s, self.reload_s = 5.0, 2.0, 3.0
+        self.cpu_fractions = (0.0, 0.0, 1.0)
         self.mix = (1.0, 1.0, 1.0)  # odds of a kill in a start-up pass, a reload, a health transition
 
     def _reference(self, ns: str, variant: int) -> tuple[Snapshot, list[str]]:
@@ -553,6 +554,9 @@ class Chaos:
         off.touch()
         self.mhd.faults = f"seed={self.rng.randrange(1 << 30)},rate={rate},stop={off},counts={tally}"
         self.ready()
+        base0, b0 = self.mhd.cpu_seconds(), time.monotonic()
+        time.sleep(10)
+        baseline = (self.mhd.cpu_seconds() - base0) / (time.monotonic() - b0)
         members = self.layout.members(self.variant)
         editable = [(f"tcp {a}:80", [f"{s}:80" for s in m]) for i, (a, m) in enumerate(members.items())
                     if i >= self.layout.checked]  # fmt: skip
@@ -575,12 +579,14 @@ class Chaos:
         cpu3, t3 = self.mhd.cpu_seconds(), time.monotonic()
         log = self.mhd.text()
         self.counts.cpu = [
-            f"daemon CPU: {(cpu1 - cpu0) / (t1 - t0):.0%} of a core under faults ({t1 - t0:.0f}s),"
+            f"daemon CPU: {baseline:.0%} of a core before the faults (10s),"
+            f" {(cpu1 - cpu0) / (t1 - t0):.0%} under faults ({t1 - t0:.0f}s),"
             f" {(cpu2 - cpu1) / max(t2 - t1, 1e-9):.0%} while converging, {(cpu3 - cpu2) / (t3 - t2):.0%} idle after",
             f"daemon log: {log.count('reconcile failed')} failed passes, {log.count(' ERROR ')} errors,"
             f" {log.count('reconciled ')} passes with writes, alive: {self.mhd.alive()}",
         ]  # fmt: skip
-        self.cpu_fractions = ((cpu1 - cpu0) / (t1 - t0), (cpu3 - cpu2) / (t3 - t2))
+        # (before, under faults, after): a busy loop would take a whole core after the faults
+        self.cpu_fractions = (baseline, (cpu1 - cpu0) / (t1 - t0), (cpu3 - cpu2) / (t3 - t2))
         self.mhd.faults = None
 
     def calibrate(self) -> None:
