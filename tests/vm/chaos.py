@@ -200,7 +200,7 @@ class ForkServer:
         self.replies: list[int] = []
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
-        self._reply(600)  # the server's own "ready"
+        self.importing = True  # until its own "ready": it imports while the caller sets up
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -221,6 +221,9 @@ class ForkServer:
 
     def spawn(self, argv: list[str], log: Path, faults: str | None = None) -> int:
         assert self.proc.stdin is not None
+        if self.importing:
+            self._reply(900)
+            self.importing = False
         self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log), "faults": faults}) + "\n")
         return self._reply(60)
 
@@ -367,11 +370,11 @@ class Chaos:
         self.listener = _listener(director)
         self.up: set[str] = set()
         self.set_health(set(layout.checked_servers()))
+        self.server = ForkServer(director, python)
         self.refs = [self._reference(reference, v) for v in (0, 1)]
         self.variant = 0
         self.config = work / "mhd.yaml"
         self.config.write_text(layout.text(0, interval))
-        self.server = ForkServer(director, python)
         self.mhd = Mhd(director, self.server, python, self.config, work / "state", work / "mhd.log")
         self.watcher = Watcher(self.view, self.foreign)
         self.watcher.start()

@@ -1,7 +1,7 @@
 """Crash anywhere, kernel faults and a concurrent editor, on a small config (issue 11).
 
 The full run, 1,000 services x 16 servers and over 100 kills, is bench/bench_chaos.py; this one
-keeps its invariants at CI size (50 x 8, 10 kills, 20 s of faults). See tests/vm/chaos.py.
+keeps its invariants at CI size (50 x 8, about 10 kills, 15 s of faults). See tests/vm/chaos.py.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def test_kills_and_faults_converge_to_a_clean_apply(
     try:
         chaos.calibrate()
         for _ in range(2):
-            chaos.chain(kills=5, converge_timeout=120)
-        chaos.fault_phase(seconds=20, rate=0.05, converge_timeout=120)
+            chaos.chain(kills=4, converge_timeout=120)
+        chaos.fault_phase(seconds=15, rate=0.05, converge_timeout=120)
         report(chaos.counts.summary(chaos.watcher))
     finally:
         chaos.close()
