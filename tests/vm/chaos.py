@@ -604,7 +604,7 @@ class Chaos:
         self.pre_pass_s = (
             max(0.0, started - self.mhd.started_at - self.pass_s) if started else self.pre_pass_s
         )
-        for variant in (1, 0):
+        for variant in (1, 0) if self.mix[1] else ():  # no reload kills: no need to time a reload
             self.config.write_text(self.layout.text(variant, self.interval))
             mark = len(self.mhd.text())
             t0 = time.monotonic()
