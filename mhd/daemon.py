@@ -363,6 +363,23 @@ class Daemon:
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(every)
 
+    async def _first_dump(self) -> dict[ServiceKey, Service] | None:
+        """The kernel before anything is decided. Health starts from it (servers already in IPVS
+        keep serving through a restart), so a failed dump is retried, never replaced by a guess.
+        None: stopped before a dump succeeded."""
+        assert self.client is not None
+        delay = 0.1
+        while True:
+            try:
+                return await self.client.services()
+            except (NetlinkError, OSError) as exc:
+                log.warning("reading IPVS at start failed, retrying in %.1fs: %s", delay, exc)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, 5.0)
+
     def stop(self) -> None:
         """SIGTERM/SIGINT: stop now, even in the middle of a pass over 16,000 destinations.
 
@@ -425,7 +442,10 @@ class Daemon:
         tasks: list[asyncio.Task[Any]] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         try:
-            self.observed = await self.client.services()
+            observed = await self._first_dump()
+            if observed is None:  # stopped while the kernel could not be read: nothing was decided
+                return 0
+            self.observed = observed
             self._adopt(config)
             self.last_reload = ReloadResult(True, time.time(), [], config.sha256)
             writes_before = self.client.writes

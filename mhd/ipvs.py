@@ -339,6 +339,8 @@ class IpvsClient:
             client.family = await client.sock.family_id("IPVS")
         except nl.NetlinkError as exc:
             client.close()
+            if exc.code != errno.ENOENT:  # ENOMEM, EBUSY...: the lookup failed, not IPVS
+                raise
             raise IpvsUnavailable(
                 "the kernel has no IPVS: load it with `modprobe ip_vs` (Debian: it ships with "
                 "linux-image-amd64; a kernel without CONFIG_IP_VS cannot run mhd)"

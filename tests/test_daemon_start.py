@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from mhd.daemon import raise_fd_limit
+from mhd import ipvs
+from mhd.daemon import Daemon, raise_fd_limit
+from mhd.kernel import IpvsUnavailable
+from mhd.netlink import NetlinkError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,3 +50,55 @@ def test_mhd_refuses_an_invalid_file_at_start_with_exit_2_and_no_traceback(tmp_p
     )  # fmt: skip
     assert run.returncode == 2, run.stderr
     assert f"{path}:2:21: reconcile-interval: " in run.stderr and "Traceback" not in run.stderr
+
+
+class FlakyDumps:
+    """An IPVS client whose first dumps fail as the kernel can fail them under pressure."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    async def services(self) -> dict[object, object]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise NetlinkError(errno.ENOMEM, "Cannot allocate memory")
+        return {}
+
+
+def test_a_failed_first_dump_is_retried_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 11, found by the chaos run): one ENOMEM on the daemon's first dump ended it
+    with a traceback. The dump is retried: health starts from it, so it is never guessed."""
+    daemon = Daemon(str(tmp_path / "mhd.yaml"), str(tmp_path / "state"))
+    daemon.client = FlakyDumps(failures=2)  # type: ignore[assignment]
+    assert asyncio.run(daemon._first_dump()) == {}
+    assert daemon.client.calls == 3  # type: ignore[attr-defined]
+    assert sum("reading IPVS at start failed" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_stop_while_the_kernel_cannot_be_read_decides_nothing(tmp_path: Path) -> None:
+    async def go() -> object:
+        daemon = Daemon(str(tmp_path / "mhd.yaml"), str(tmp_path / "state"))
+        daemon.client = FlakyDumps(failures=10**6)  # type: ignore[assignment]
+        asyncio.get_running_loop().call_later(0.3, daemon.stop)
+        return await daemon._first_dump()
+
+    assert asyncio.run(go()) is None
+
+
+def test_a_transient_error_looking_up_ipvs_is_not_reported_as_no_ipvs() -> None:
+    """ENOMEM on the family lookup is a kernel error to retry, not 'the kernel has no IPVS'."""
+
+    class Sock:
+        async def family_id(self, name: str) -> int:
+            raise NetlinkError(errno.ENOMEM, "Cannot allocate memory")
+
+        def close(self) -> None:
+            pass
+
+    async def go(sock: Sock) -> None:
+        with mock.patch.object(ipvs.IpvsClient, "__init__", lambda self: setattr(self, "sock", sock)):
+            await ipvs.IpvsClient.open()
+
+    with pytest.raises(NetlinkError) as raised:
+        asyncio.run(go(Sock()))
+    assert not isinstance(raised.value, IpvsUnavailable) and raised.value.code == errno.ENOMEM
