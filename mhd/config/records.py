@@ -12,12 +12,12 @@ import socket
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+from mhd import DEFAULT_SOCKET
 from mhd.config.checkspec import CheckSpec
 from mhd.model import Dest, DestKey, IPAddress, Service, ServiceKey
 
 DEFAULT_STATE_DIR = "/var/lib/mhd"
 DEFAULT_LISTEN = "127.0.0.1:9180"
-DEFAULT_SOCKET = "/run/mhd/mhd.sock"
 
 
 @dataclass(frozen=True)

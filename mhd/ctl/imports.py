@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from typing import Any
 
 from mhd.ctl.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from mhd.importers import Imported, ImportFailed, ipvsadm, keepalived
@@ -20,19 +19,6 @@ from mhd.importers import Imported, ImportFailed, ipvsadm, keepalived
 
 class LiveFailed(ImportFailed):
     """`ipvsadm -Sn` could not read the running kernel's rules (a runtime failure, not bad input)."""
-
-
-def register(sub: Any) -> None:
-    """Add `import keepalived` and `import ipvsadm` to an argparse subparsers object."""
-    p = sub.add_parser("import", help="print an mhd.yaml converted from keepalived.conf or ipvsadm rules")
-    kinds = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    k = kinds.add_parser("keepalived", help="the virtual_server part of a keepalived configuration")
-    k.add_argument("file", help="keepalived.conf (includes are followed)")
-    k.add_argument("--config-id", help="keepalived -i: which @id conditional lines apply")
-    k.set_defaults(func=cmd_import)
-    i = kinds.add_parser("ipvsadm", help="ipvsadm -Sn output: FILE, - for stdin, or the running kernel")
-    i.add_argument("file", nargs="?", help="ipvsadm -Sn output or an ipvsadm -R script; - reads stdin")
-    i.set_defaults(func=cmd_import)
 
 
 def convert(args: argparse.Namespace) -> Imported:

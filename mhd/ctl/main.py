@@ -1,4 +1,6 @@
-"""mhctl: the operator's tool. Its one parser; each command lives with what it talks to.
+"""mhctl: the operator's tool. Its one parser; each command lives with what it talks to, and is
+named here as "module:function" so that a command imports only what it needs (start-up time is
+most of a one-shot command under emulation).
 
 Offline commands (`check`, `plan`, `apply`: `mhd.ctl.offline`) read a config file and the kernel
 directly; `predict` and `table` (`mhd.ctl.maglev`) answer from the config or the live kernel; the
@@ -10,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from mhd import __version__
-from mhd.config.records import DEFAULT_SOCKET
-from mhd.ctl import client, imports, offline
-from mhd.ctl import maglev as ctl_maglev
+from mhd import DEFAULT_SOCKET, __version__
+from mhd.ctl import client
 from mhd.ctl.exits import run
 
 
@@ -28,19 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config file (exit 0 or 2)")
     c.add_argument("file")
-    c.set_defaults(func=offline.cmd_check)
+    c.set_defaults(func="mhd.ctl.offline:cmd_check")
 
     c = sub.add_parser("plan", help="the operations applying FILE would perform on this host now")
     c.add_argument("file")
     c.add_argument("--json", action="store_true", help="a JSON list of operations ([] = in sync)")
     c.add_argument("--state-dir", help="state dir (default: the config's state-dir)")
-    c.set_defaults(func=offline.cmd_plan)
+    c.set_defaults(func="mhd.ctl.offline:cmd_plan")
 
     c = sub.add_parser("apply", help="one-shot reconcile, every server treated as healthy")
     c.add_argument("file")
     c.add_argument("--state-dir", help="state dir (default: the config's state-dir)")
     c.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
-    c.set_defaults(func=offline.cmd_apply)
+    c.set_defaults(func="mhd.ctl.offline:cmd_apply")
 
     service_help = "service name (from the config) or key such as udp:10.0.0.1:53"
     c = sub.add_parser("predict", help="which real server each client goes to (bit-exact with ip_vs_mh)")
@@ -48,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("clients", nargs="*", help="addr or addr:port ([v6]:port); default: one per line on stdin")
     c.add_argument("--config", help="predict from this config (all servers up) instead of the live kernel")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=ctl_maglev.cmd_predict)
+    c.set_defaults(func="mhd.ctl.maglev:cmd_predict")
 
     c = sub.add_parser("table", help="each server's share of the Maglev table, and max/mean")
     c.add_argument("service", help=service_help)
     c.add_argument("--config", help="the table mhd would build from this config instead of the live one")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=ctl_maglev.cmd_table)
+    c.set_defaults(func="mhd.ctl.maglev:cmd_table")
 
     # The commands that talk to the running daemon.
     daemon = argparse.ArgumentParser(add_help=False)
@@ -76,8 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("service")
         c.add_argument("server", help="10.0.0.1:80, 10.0.0.1 or [2001:db8::1]:80")
         c.set_defaults(func=client.cmd_disable)
-    imports.register(sub)
+    register_import(sub)
     return p
+
+
+def register_import(sub: Any) -> None:
+    """Add `import keepalived` and `import ipvsadm` to an argparse subparsers object."""
+    p = sub.add_parser("import", help="print an mhd.yaml converted from keepalived.conf or ipvsadm rules")
+    kinds = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    k = kinds.add_parser("keepalived", help="the virtual_server part of a keepalived configuration")
+    k.add_argument("file", help="keepalived.conf (includes are followed)")
+    k.add_argument("--config-id", help="keepalived -i: which @id conditional lines apply")
+    k.set_defaults(func="mhd.ctl.imports:cmd_import")
+    i = kinds.add_parser("ipvsadm", help="ipvsadm -Sn output: FILE, - for stdin, or the running kernel")
+    i.add_argument("file", nargs="?", help="ipvsadm -Sn output or an ipvsadm -R script; - reads stdin")
+    i.set_defaults(func="mhd.ctl.imports:cmd_import")
 
 
 def main(argv: list[str] | None = None) -> int:
