@@ -150,7 +150,8 @@ class Daemon:
         in_kernel: set[Target] = set()
         for svc in scope:
             seen = self.observed.get(svc.key)
-            live = {d.key for d in seen.dests} if seen else set()
+            quiesce = svc.on_failure == "quiesce"  # a weight-0 server was quiesced: it starts down
+            live = {d.key for d in seen.dests if d.weight or not quiesce} if seen else set()
             in_kernel |= {fresh[(svc.name, s.key)] for s in svc.servers if s.key in live}
         self.prober.update_targets(removed, fresh.values(), in_kernel=in_kernel.__contains__)
 

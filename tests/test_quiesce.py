@@ -3,6 +3,9 @@ rules, and the Maglev model's figures. `remove` (the default) must plan exactly 
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +13,8 @@ from hypothesis import strategies as st
 from mhd.config.records import ServiceConfig
 from mhd.config.validate import loads
 from mhd.config.yamlsource import ConfigError
+from mhd.daemon import Daemon
+from mhd.kernel import KernelError, KernelInfo
 from mhd.maglev.params import Model, kept_weights
 from mhd.maglev.predict import moves, plan_moves, predict, shares
 from mhd.membership import HealthView, Membership, desired_state, quiesce_refusals
@@ -202,3 +207,35 @@ def test_kept_weights_are_the_configured_ones() -> None:
     assert list(kept_weights(svc).values()) == [3, 7]
     assert kept_weights(None) == {}
     assert isinstance(svc.key, ServiceKey)
+
+
+def test_the_daemon_refuses_quiesce_on_a_detected_backport_at_start_and_reload(tmp_path: Path) -> None:
+    path = tmp_path / "mhd.yaml"
+    path.write_text(config_text(2, "remove"))
+    d = Daemon(str(path), str(tmp_path / "state"))
+    d.kernel = KernelInfo("6.1.0-test", True, "backport", 12, "default")
+    d.config = d._load()  # remove: fine on the backport
+    path.write_text(config_text(2, "quiesce"))
+    with pytest.raises(KernelError, match="service web: on-failure: quiesce needs the in-tree"):
+        d._load()  # what start does
+    running = d.config
+    result = asyncio.run(d._reload())
+    assert not result.ok and "needs the in-tree ip_vs_mh" in result.errors[0]
+    assert d.config is running  # the running config stays, nothing downgraded
+
+
+def test_a_quiesced_server_starts_down_after_a_restart(tmp_path: Path) -> None:
+    """A restart finds it in IPVS at weight 0: it must not get its weight back before its check
+    says so (a server in IPVS otherwise starts up, mhd.health.initial)."""
+    path = tmp_path / "mhd.yaml"
+    path.write_text(config_text(3, "quiesce").replace("servers:", "check: {type: tcp}, servers:"))
+    d = Daemon(str(path), str(tmp_path / "state"))
+    d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
+    config = d._load()
+    svc = config.services[0]
+    keys = [s.key for s in svc.servers]
+    d.observed = apply_ops({}, plan(desired_state(config, health({keys[0], keys[2]}), {})[0], {}))
+    d._adopt(config)
+    assert [d.healthy("web", k) for k in keys] == [True, False, True]
+    desired, _ = desired_state(config, d.healthy, {})
+    assert plan(desired, d.observed, {svc.key}) == []
