@@ -15,6 +15,7 @@ from mhd.config.validate import loads
 from mhd.config.yamlsource import ConfigError
 from mhd.daemon import Daemon
 from mhd.kernel import KernelError, KernelInfo
+from mhd.maglev.digest import differing_share, digest
 from mhd.maglev.params import Model, kept_weights
 from mhd.maglev.predict import moves, plan_moves, predict, shares
 from mhd.membership import HealthView, Membership, desired_state, quiesce_refusals
@@ -239,3 +240,19 @@ def test_a_quiesced_server_starts_down_after_a_restart(tmp_path: Path) -> None:
     assert [d.healthy("web", k) for k in keys] == [True, False, True]
     desired, _ = desired_state(config, d.healthy, {})
     assert plan(desired, d.observed, {svc.key}) == []
+
+
+def test_digests_and_differing_shares_see_a_quiesced_server() -> None:
+    """Two directors that quiesced the same server agree; against one with every server up, only
+    the quiesced server's share differs (and the digest says they differ)."""
+    config = loads(config_text(5, "quiesce"))
+    svc = config.services[0]
+    keys = [s.key for s in svc.servers]
+    up = apply_ops({}, plan(desired_state(config, health(set(keys)), {})[0], {}))[svc.key]
+    failing = desired_state(config, health(set(keys[1:])), {})[0]
+    quiet = apply_ops({svc.key: up}, plan(failing, {svc.key: up}, {svc.key}))[svc.key]
+    kept = kept_weights(svc)
+    born_quiet = apply_ops({}, plan(failing, {}))[svc.key]  # created while the server was down
+    assert digest(quiet, MODEL, kept) == digest(born_quiet, MODEL, kept) != digest(up, MODEL, kept)
+    assert differing_share(up, quiet, MODEL, kept=kept) == pytest.approx(shares(up, MODEL)[keys[0]])
+    assert differing_share(quiet, quiet, MODEL, kept=kept) == 0.0
