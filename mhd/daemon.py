@@ -31,6 +31,7 @@ from mhd.config.validate import DEFAULT_CONFIGS, find_config
 from mhd.config.yamlsource import ConfigError
 from mhd.health import CheckResult, Health, Transition
 from mhd.ipvs import IpvsClient
+from mhd.membership import quiesce_refusals
 from mhd.model import DestKey, Service, ServiceKey, mh_table_size
 from mhd.netlink import NetlinkError
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
@@ -116,7 +117,17 @@ class Daemon:
     def _load(self) -> Config:
         info = self.kernel or kernel.info()
         self._reloader.mh_slots = mh_table_size(info.mh_tab_index)
-        return self._reloader.load(self.config_path)
+        config = self._reloader.load(self.config_path)
+        self._refuse_quiesce(config, info)
+        return config
+
+    @staticmethod
+    def _refuse_quiesce(config: Config, info: kernel.KernelInfo) -> None:
+        """`on-failure: quiesce` on the backport module is refused, never downgraded (at start and
+        on reload, which then keeps the running config)."""
+        refused = quiesce_refusals(config, info.mh_variant)
+        if refused:
+            raise kernel.KernelError("\n".join(refused))
 
     def _adopt(self, config: Config, replaced: Replaced | None = None) -> None:
         """Make `config` the running one: new targets start, unchanged ones keep their health.
@@ -139,7 +150,8 @@ class Daemon:
         in_kernel: set[Target] = set()
         for svc in scope:
             seen = self.observed.get(svc.key)
-            live = {d.key for d in seen.dests} if seen else set()
+            quiesce = svc.on_failure == "quiesce"  # a weight-0 server was quiesced: it starts down
+            live = {d.key for d in seen.dests if d.weight or not quiesce} if seen else set()
             in_kernel |= {fresh[(svc.name, s.key)] for s in svc.servers if s.key in live}
         self.prober.update_targets(removed, fresh.values(), in_kernel=in_kernel.__contains__)
 
@@ -197,6 +209,8 @@ class Daemon:
             return self._load()
         except ConfigError as exc:
             return [str(p) for p in exc.problems]
+        except kernel.KernelError as exc:
+            return str(exc).split("\n")
         except Exception as exc:  # a loader bug must not end the daemon
             self._load_errors.report(f"loading {self.config_path}", exc)
             return [f"{self.config_path}: unexpected error while loading it ({type(exc).__name__}: {exc})"]
@@ -432,6 +446,7 @@ class Daemon:
         for warning in kernel.load_modules(config.schedulers()):
             log.warning("%s", warning)
         self.kernel = kernel.info(config.kernel.mh_tab_index)
+        self._refuse_quiesce(config, self.kernel)
         self.state = StateDir(self.state_dir_override or config.state_dir)
         self.state.lock()
         self.client = await IpvsClient.open()

@@ -4,6 +4,14 @@ Given health and operator drains, with the `min-healthy` guard: a checker-side n
 must never black-hole a VIP, so below the guard every enabled server stays in ("panic"). The
 reconcile pass (`mhd.reconcile`) turns the result into kernel operations; status and metrics read
 the `Membership` it keeps.
+
+A failed server leaves IPVS (`on-failure: remove`), or stays at weight 0 (`quiesce`): the in-tree
+ip_vs_mh builds its table from each server's last non-zero weight, so the table does not change,
+and the service's mh-fallback flag sends the flows of the failed server's slots on to the others.
+Two directors that disagree about one server then map every other flow alike (removal changes the
+owner of about 1 % of the other slots too, docs/design.md). The backport module drops weight-0
+servers from its table and has no fallback: there quiesce is refused, never downgraded
+(`quiesce_refusals`). Operator drains still remove: a drain is an explicit decision.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mhd.config.records import Config, ServiceConfig
+from mhd.config.records import QUIESCE_ON_BACKPORT, Config, ServiceConfig
 from mhd.model import DestKey, ServiceKey
 from mhd.planner import Desired
 
@@ -25,12 +33,16 @@ def all_healthy(_service: str, _server: DestKey) -> bool:
 
 @dataclass(frozen=True)
 class Membership:
-    """Which servers of one service belong in IPVS, and whether the min-healthy guard fired."""
+    """Which servers of one service belong in IPVS, and whether the min-healthy guard fired.
+
+    `members` take new flows; `quiesced` (on-failure: quiesce) are the failed enabled servers,
+    kept in IPVS at weight 0."""
 
     members: frozenset[DestKey]
     panic: bool
     healthy: int
     enabled: int
+    quiesced: frozenset[DestKey] = frozenset()
 
 
 def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> Membership:
@@ -43,6 +55,9 @@ def membership(svc: ServiceConfig, healthy: HealthView, disabled: set[str]) -> M
     need = svc.min_healthy.required(len(enabled))
     if len(up) < need:
         return Membership(frozenset(s.key for s in enabled), True, len(up), len(enabled))
+    if svc.on_failure == "quiesce" and len(up) < len(enabled):
+        down = frozenset(s.key for s in enabled) - up
+        return Membership(up, False, len(up), len(enabled), down)
     return Membership(up, False, len(up), len(enabled))
 
 
@@ -59,5 +74,19 @@ def desired_state(
     for svc in services:
         m = membership(svc, healthy, disabled.get(svc.name, set()))
         members[svc.name] = m
-        desired[svc.key] = Desired(svc.name, svc.service(set(m.members)), svc.adopt)
+        kept = {s.key: s.weight for s in svc.servers if s.key in m.quiesced} if m.quiesced else {}
+        desired[svc.key] = Desired(svc.name, svc.service(set(m.members), m.quiesced), svc.adopt, kept)
     return desired, members
+
+
+def quiesce_refusals(config: Config, variant: str | None) -> list[str]:
+    """Why `config` cannot run on the ip_vs_mh `variant` the kernel has loaded: one message per
+    service that says `on-failure: quiesce` when that is the backport (`mhctl check` refuses the
+    same when `kernel.module` says backport)."""
+    if variant != "backport":
+        return []
+    return [
+        f"{config.path}: service {svc.name}: {QUIESCE_ON_BACKPORT} (detected in /sys/module/ip_vs_mh)"
+        for svc in config.services
+        if svc.on_failure == "quiesce"
+    ]

@@ -24,10 +24,10 @@ which the next pass sees and finishes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from mhd.model import NO_SCHEDULER, Dest, OpKind, Service, ServiceKey
+from mhd.model import NO_SCHEDULER, Dest, DestKey, OpKind, Service, ServiceKey
 
 
 class Op(NamedTuple):
@@ -72,11 +72,16 @@ def _jsonable(value: object) -> object:
 @dataclass(frozen=True)
 class Desired:
     """A service as it should be: `service.dests` is the set of destinations that should be in IPVS
-    now (healthy and enabled), in any order."""
+    now (healthy and enabled, and quiesced ones at weight 0), in any order.
+
+    `quiesced` maps each weight-0 destination to the weight whose Maglev slots it keeps: the
+    in-tree kernel keeps the last non-zero weight, so a quiesced server that has to be (re-)added
+    is added at that weight and then set to 0, and the table is the one with the server up."""
 
     name: str
     service: Service
     adopt: bool = False  # take it over if the kernel already holds it and mhd does not own it
+    quiesced: Mapping[DestKey, int] = field(default_factory=dict)
 
 
 class Claims(NamedTuple):
@@ -153,7 +158,7 @@ def plan_service(want: Desired, have: Service | None) -> list[Op]:
             if old != new
         )
         ops.append(Op("edit-service", svc, name=want.name, changes=changes))
-    dest_ops = plan_dests(want.name, svc, have.dests)
+    dest_ops = plan_dests(want.name, svc, have.dests, want.quiesced)
     if have.scheduler == NO_SCHEDULER:  # a staged creation cut short: servers first, scheduler last
         return dest_ops + ops
     return ops + dest_ops
@@ -165,11 +170,11 @@ def plan_create(want: Desired) -> list[Op]:
     svc = want.service
     dests = tuple(reversed(canonical(svc.dests)))
     if len(dests) < 2:
-        return [Op("add-service", svc, name=want.name)] + [Op("add-dest", svc, d, want.name) for d in dests]
+        return [Op("add-service", svc, name=want.name), *_adds(want.name, svc, dests, want.quiesced)]
     staged = replace(svc, scheduler=NO_SCHEDULER, dests=())
     return [
         Op("add-service", staged, name=want.name, reason="staged: no scheduler until its servers are in"),
-        *(Op("add-dest", staged, d, want.name) for d in dests),
+        *_adds(want.name, staged, dests, want.quiesced),
         Op("edit-service", svc, name=want.name, reason="servers in: scheduler on",
            changes=(("scheduler", NO_SCHEDULER, svc.scheduler),)),
     ]  # fmt: skip
@@ -184,7 +189,26 @@ def goes_live(op: Op) -> bool:
     )
 
 
-def plan_dests(name: str, svc: Service, current: tuple[Dest, ...]) -> list[Op]:
+def _adds(
+    name: str, svc: Service, dests: Iterable[Dest], quiesced: Mapping[DestKey, int], reason: str = ""
+) -> list[Op]:
+    """add-dest for each of `dests`, in that order; a quiesced one is added at the weight whose
+    slots it keeps, then set to 0 (`Desired.quiesced`)."""
+    ops = []
+    for d in dests:
+        kept = quiesced.get(d.key) if d.weight == 0 else None
+        if kept is None:
+            ops.append(Op("add-dest", svc, d, name, reason))
+            continue
+        added = replace(d, weight=kept)
+        ops.append(Op("add-dest", svc, added, name, reason or "quiesced: added at its weight"))
+        ops.append(Op("edit-dest", svc, d, name, "quiesced: keeps its slots", (("weight", kept, 0),)))
+    return ops
+
+
+def plan_dests(
+    name: str, svc: Service, current: tuple[Dest, ...], quiesced: Mapping[DestKey, int] | None = None
+) -> list[Op]:
     """Destination operations for one existing service.
 
     For `mh` the result leaves the kernel list in canonical order; for other schedulers the list
@@ -209,10 +233,8 @@ def plan_dests(name: str, svc: Service, current: tuple[Dest, ...]) -> list[Op]:
     ops += [
         Op("delete-dest", svc, d, name, "canonical order: re-sent") for d in remaining if d.key not in kept
     ]
-    ops += [
-        Op("add-dest", svc, d, name, "canonical order: re-sent" if d.key in present else "")
-        for d in reversed(front)
-    ]
+    for d in reversed(front):
+        ops += _adds(name, svc, (d,), quiesced or {}, "canonical order: re-sent" if d.key in present else "")
     return ops
 
 

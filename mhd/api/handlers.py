@@ -27,8 +27,8 @@ from mhd.api.openapi import openapi
 from mhd.api.responses import ApiError, error_response, json_response
 from mhd.api.status import find_service, status
 from mhd.api.view import DaemonView
-from mhd.maglev.params import Model
-from mhd.model import Service
+from mhd.maglev.params import Model, kept_weights
+from mhd.model import DestKey, Service
 
 log = logging.getLogger("mhd.api")
 
@@ -167,8 +167,9 @@ class Api:
             raise ApiError(404, f"no service named '{name}' in {self.daemon.config_path}")
         return json_response(doc)
 
-    def _live(self, name: str) -> tuple[Service, Model]:
-        """The service as the kernel holds it now (list order as dumped) and the kernel's model."""
+    def _live(self, name: str) -> tuple[Service, Model, dict[DestKey, int]]:
+        """The service as the kernel holds it now (list order as dumped), the kernel's model, and the
+        weights whose slots its quiesced (weight-0) servers keep."""
         config = self.daemon.config
         svc = config.by_name(name) if config else None
         if svc is None:
@@ -180,13 +181,13 @@ class Api:
             raise ApiError(
                 400, f"service '{name}' uses scheduler {live.scheduler}, not mh: it has no Maglev table"
             )
-        return live, model.parameters(self.daemon)
+        return live, model.parameters(self.daemon), kept_weights(svc)
 
     async def get_table(self, request: web.Request) -> web.StreamResponse:
         """Each server's share of the kernel's Maglev table, computed from the live list order."""
         predict = await model.get()
-        live, params = self._live(request.match_info["name"])
-        t = await asyncio.to_thread(predict.table, live, params)
+        live, params, kept = self._live(request.match_info["name"])
+        t = await asyncio.to_thread(predict.table, live, params, kept)
         servers = [
             {"server": str(d.key), "weight": d.weight, "share": share}
             for d, share in zip(live.dests, t.slot_shares(), strict=True)
@@ -204,13 +205,13 @@ class Api:
     async def get_predict(self, request: web.Request) -> web.StreamResponse:
         """Which server each `client` (addr or addr:port, repeatable, up to 10,000) goes to now."""
         predict = await model.get()
-        live, params = self._live(request.match_info["name"])
+        live, params, kept = self._live(request.match_info["name"])
         texts = request.query.getall("client", [])
         if not texts or len(texts) > 10_000:
             raise ApiError(400, "give 1 to 10,000 clients as ?client=ADDR[:PORT]&client=...")
         try:
             clients = [predict.parse_client(c) for c in texts]
-            picks = await asyncio.to_thread(predict.predict, live, clients, params)
+            picks = await asyncio.to_thread(predict.predict, live, clients, params, kept)
         except ValueError as exc:
             raise ApiError(400, f"bad client: {exc}") from None
         return json_response(

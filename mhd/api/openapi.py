@@ -69,6 +69,13 @@ def _schemas() -> dict[str, Any]:
                 "transitions": INT,
                 "kernel_weight": _nullable(INT),
                 "stats": _nullable(_ref("Stats")),
+                "probe_shared_with": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "other services fed by this server's probe (same address, port and "
+                    "check settings): the first 8 names, sorted",
+                },
+                "probe_shared_with_count": INT,
             }
         ),
         "Service": _obj(
@@ -90,6 +97,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "panic": BOOL,
                 "min_healthy": STR,
+                "on_failure": {"type": "string", "enum": ["remove", "quiesce"]},
                 "in_kernel": BOOL,
                 "servers_total": INT,
                 "servers_up": INT,

@@ -26,6 +26,7 @@ from mhd.model import (
     SVC_F_PERSISTENT,
     SVC_F_SCHED3,
     Dest,
+    DestKey,
     Stats,
     family_name,
 )
@@ -121,6 +122,7 @@ def service_status(daemon: DaemonView, svc: ServiceConfig, disabled: set[str]) -
         ),
         "panic": panic,
         "min_healthy": str(svc.min_healthy),
+        "on_failure": svc.on_failure,
         "in_kernel": observed is not None,
         "servers_total": len(servers),
         "servers_up": sum(1 for s in servers if s["health"] == "up"),
@@ -174,4 +176,17 @@ def server_status(
         "transitions": health.transitions if health is not None else 0,
         "kernel_weight": dest.weight if dest is not None else None,
         "stats": stats_json(dest.stats) if dest is not None else None,
+        **probe_sharing(daemon, svc.name, key),
     }
+
+
+SHARED_SHOWN = 8  # names listed per server: 1,000 services on 16 servers would list 999 each
+
+
+def probe_sharing(daemon: DaemonView, service: str, key: DestKey) -> dict[str, Any]:
+    """The other services fed by this server's probe (one probe per server and check setting):
+    the first SHARED_SHOWN names, sorted, and how many there are."""
+    target = daemon.targets.get((service, key))
+    names = daemon.prober.sharing(target) if target is not None else ()
+    shown = [n for n in names[: SHARED_SHOWN + 1] if n != service][:SHARED_SHOWN]
+    return {"probe_shared_with": shown, "probe_shared_with_count": max(len(names) - 1, 0)}

@@ -9,7 +9,7 @@ state dir, the kernel facts, the prober, the last pass).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mhd.config.checkspec import CheckSpec
@@ -65,6 +65,7 @@ class ProberView(Protocol):
     def probe_count(self) -> int: ...
     def health(self, target: Any, /) -> Health: ...
     def counters(self, target: Any, /) -> ProbeCounters: ...
+    def sharing(self, target: Any, /) -> Sequence[str]: ...  # services fed by its probe, sorted
 
 
 class DaemonView(Protocol):

@@ -22,6 +22,8 @@ QTYPES = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "ANY")
 CHECK_KEYS = (
     "type",
     "interval",
+    "fast-interval",
+    "down-interval",
     "timeout",
     "rise",
     "fall",
@@ -73,6 +75,16 @@ class CheckReader(FieldReader):
                 m.get("timeout") or m.get("interval") or node,
                 f"check timeout ({spec.timeout:g}s) must be shorter than its interval ({spec.interval:g}s)",
             )
+        if spec.fast_interval is not None and not spec.timeout < spec.fast_interval <= spec.interval:
+            self.error(
+                m.get("fast-interval") or m.get("interval") or node,
+                f"check fast-interval ({spec.fast_interval:g}s) must be longer than the timeout ({spec.timeout:g}s) and at most the interval ({spec.interval:g}s): it is the pace while a server is changing state",
+            )
+        if spec.down_interval is not None and spec.down_interval < spec.interval:
+            self.error(
+                m.get("down-interval") or m.get("interval") or node,
+                f"check down-interval ({spec.down_interval:g}s) must not be shorter than its interval ({spec.interval:g}s): it is the pace for servers down for long",
+            )
         if spec.type == "exec" and not spec.command:
             self.error(node, 'an exec check needs command: ["/path/to/script", "arg"]')
         return spec
@@ -98,6 +110,8 @@ class CheckReader(FieldReader):
         return {
             "type": lambda n: self.choice(n, "check.type", CHECK_TYPES),
             "interval": lambda n: self.duration(n, "check.interval"),
+            "fast-interval": lambda n: self.duration(n, "check.fast-interval"),
+            "down-interval": lambda n: self.duration(n, "check.down-interval"),
             "timeout": lambda n: self.duration(n, "check.timeout"),
             "rise": lambda n: self.integer(n, "check.rise", 1, 100),
             "fall": lambda n: self.integer(n, "check.fall", 1, 100),

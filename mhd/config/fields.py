@@ -23,6 +23,8 @@ DURATION_BOUNDS = {
     "reconcile-interval": (0.1, 3600.0),
     "check.interval": (0.01, 3600.0),
     "check.timeout": (0.001, 3600.0),
+    "check.fast-interval": (0.01, 3600.0),  # and at most the check's interval (mhd.config.checks)
+    "check.down-interval": (0.01, 3600.0),  # and at least the check's interval
 }
 OTHER_DURATIONS = (0.001, 3600.0)  # a duration key not listed above: still finite and bounded
 T = TypeVar("T")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Literal
 
 from mhd import DEFAULT_SOCKET
 from mhd.config.checkspec import CheckSpec
@@ -18,6 +19,16 @@ from mhd.model import Dest, DestKey, IPAddress, Service, ServiceKey
 
 DEFAULT_STATE_DIR = "/var/lib/mhd"
 DEFAULT_LISTEN = "127.0.0.1:9180"
+
+# What a failed server becomes: removed from IPVS (the default, the same on every kernel), or kept
+# at weight 0 with the service's mh-fallback flag so the Maglev table stays as it is (in-tree
+# ip_vs_mh only; `mhd.membership`).
+OnFailure = Literal["remove", "quiesce"]
+QUIESCE_ON_BACKPORT = (
+    "on-failure: quiesce needs the in-tree ip_vs_mh (Linux >= 4.18), and this is the backport:"
+    " it ignores weight-0 servers and has no mh-fallback, so a quiesced server's flows would"
+    " get no server. Use on-failure: remove, or the in-tree module"
+)
 
 
 @dataclass(frozen=True)
@@ -68,12 +79,20 @@ class ServiceConfig:
     check: CheckSpec
     min_healthy: MinHealthy = MinHealthy()
     adopt: bool = False  # take over a service already in IPVS that mhd does not own (README)
+    on_failure: OnFailure = "remove"
 
-    def service(self, members: set[DestKey] | None = None) -> Service:
-        """The kernel service with `members` (default: every configured server) as destinations."""
-        if members is not None and len(members) == len(self.servers):
+    def service(
+        self, members: set[DestKey] | None = None, quiesced: frozenset[DestKey] = frozenset()
+    ) -> Service:
+        """The kernel service with `members` (default: every configured server) as destinations,
+        and the `quiesced` servers at weight 0."""
+        if members is not None and len(members) == len(self.servers) and not quiesced:
             members = None  # members are servers of this service: all of them, no lookups needed
-        dests = tuple(s.dest() for s in self.servers if members is None or s.key in members)
+        dests = tuple(
+            replace(s.dest(), weight=0) if s.key in quiesced else s.dest()
+            for s in self.servers
+            if members is None or s.key in members or s.key in quiesced
+        )
         netmask = 128 if self.key.family == socket.AF_INET6 else 0xFFFFFFFF
         return Service(self.key, self.scheduler, self.flags, 0, netmask, dests)
 

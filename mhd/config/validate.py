@@ -20,10 +20,12 @@ from mhd.config.checks import CheckReader
 from mhd.config.checkspec import CheckSpec
 from mhd.config.records import (
     DEFAULT_STATE_DIR,
+    QUIESCE_ON_BACKPORT,
     ApiConfig,
     Config,
     KernelConfig,
     MinHealthy,
+    OnFailure,
     ServerConfig,
     ServiceConfig,
 )
@@ -83,6 +85,7 @@ class Inherited:
     defaults: dict[str, Located]
     check: CheckSpec
     mh_slots: int | None
+    kernel_module: str = "auto"
 
 
 def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tuple[Config, Inherited]:
@@ -92,7 +95,7 @@ def validate(root: Located, file: str, mh_slots: int | None, sha256: str) -> tup
     if v.problems:
         raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
     assert config is not None
-    return config, Inherited(v.defaults, v.default_check, v.mh_slots)
+    return config, Inherited(v.defaults, v.default_check, v.mh_slots, config.kernel.module)
 
 
 def validate_services(items: Sequence[Located], file: str, inherited: Inherited) -> tuple[ServiceConfig, ...]:
@@ -101,6 +104,7 @@ def validate_services(items: Sequence[Located], file: str, inherited: Inherited)
     are not compared with the rest of the file: the caller does that."""
     v = _Validator(file, inherited.mh_slots)
     v.defaults, v.default_check = inherited.defaults, inherited.check
+    v.kernel_module = inherited.kernel_module
     services = tuple(s for item in items if (s := v.service(item, inherited.defaults)) is not None)
     if v.problems or len(services) != len(items):
         raise ConfigError(sorted(v.problems, key=lambda p: (p.line, p.column)))
@@ -124,9 +128,12 @@ SERVICE_KEYS = (
     "servers",
     "check",
     "min-healthy",
+    "on-failure",
     "adopt",
 )
-DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "check", "min-healthy")
+DEFAULT_KEYS = (
+    "protocol", "scheduler", "mh-port", "mh-fallback", "forward", "check", "min-healthy", "on-failure",
+)  # fmt: skip
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
 API_KEYS = ("listen", "socket", "socket-mode", "socket-group", "token-file")
 KERNEL_KEYS = ("module", "mh-tab-index")
@@ -141,6 +148,7 @@ class _Validator(CheckReader):
         self.default_check = CheckSpec()
         self.defaults: dict[str, Located] = {}
         self.identities: list[tuple[str | None, ServiceKey | None, Located]] = []
+        self.kernel_module = "auto"
 
     # top level ---------------------------------------------------------------------------------
     def config(self, root: Located, sha256: str) -> Config | None:
@@ -161,6 +169,7 @@ class _Validator(CheckReader):
             state_dir = self.typed(top["state-dir"], str, "state-dir") or DEFAULT_STATE_DIR
         api = self.api(top["api"]) if "api" in top else ApiConfig()
         kernel = self.kernel(top["kernel"]) if "kernel" in top else KernelConfig()
+        self.kernel_module = kernel.module
         if kernel.mh_tab_index is not None and self.mh_slots is None:
             self.mh_slots = mh_table_size(kernel.mh_tab_index)
         services: list[ServiceConfig] = []
@@ -274,9 +283,34 @@ class _Validator(CheckReader):
         min_healthy = self.min_healthy(merged["min-healthy"]) if "min-healthy" in merged else MinHealthy()
         servers = self.servers(m.get("servers"), node, key, forward, check)
         adopt = "adopt" in m and self.boolean(m["adopt"], "adopt") is True
+        on_failure = None
+        if "on-failure" in merged:
+            on_failure = self.on_failure(merged["on-failure"], scheduler, "on-failure" in m)
+        if on_failure == "quiesce":
+            flags |= MH_FALLBACK
         if len(self.problems) > start or key is None or name is None:
             return None
-        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy, adopt)
+        return ServiceConfig(
+            name, key, scheduler, flags, tuple(servers), check, min_healthy, adopt, on_failure or "remove"
+        )
+
+    def on_failure(self, node: Located, scheduler: str, own: bool) -> OnFailure | None:
+        """`remove`, or `quiesce` where it can work: an mh service on the in-tree module."""
+        choice = self.choice(node, "on-failure", ("remove", "quiesce"))
+        if choice != "quiesce":
+            return "remove" if choice else None
+        if scheduler != "mh":
+            if not own:  # inherited from defaults: the other schedulers keep removing
+                return "remove"
+            self.error(
+                node,
+                f"on-failure: quiesce only applies to scheduler mh (this service uses {scheduler}): it keeps a failed server's Maglev slots; use remove",
+            )
+            return None
+        if self.kernel_module == "backport":
+            self.error(node, QUIESCE_ON_BACKPORT)
+            return None
+        return "quiesce"
 
     def service_name(self, node: Located, m: dict[str, Located]) -> str | None:
         if "name" not in m:

@@ -18,8 +18,8 @@ from mhd.config.records import Config
 from mhd.config.validate import find_config, load
 from mhd.ctl.exits import UsageError
 from mhd.maglev import params
-from mhd.maglev.params import Model
-from mhd.model import PROTOCOLS, Service, ServiceKey, mh_table_size, parse_ip
+from mhd.maglev.params import Model, kept_weights
+from mhd.model import PROTOCOLS, DestKey, Service, ServiceKey, mh_table_size, parse_ip
 
 KEY_RE = re.compile(r"^(tcp|udp|sctp):(.+):(\d+)$|^fwmark:(\d+)(?:/(ipv4|ipv6))?$")
 
@@ -52,8 +52,9 @@ def socket_family(version: int) -> int:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
-    """The service to answer for, the model, and a label."""
+async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str, dict[DestKey, int]]:
+    """The service to answer for, the model, a label, and the slots its weight-0 (quiesced)
+    servers keep (`mhd.maglev.predict.kept_weights`: from the config)."""
     from mhd.ipvs import IpvsClient
     from mhd.planner import canonical
 
@@ -72,6 +73,7 @@ async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
             Service(built.key, built.scheduler, built.flags, dests=canonical(built.dests)),
             model_for(config),
             svc.name,
+            {},
         )
     key = _parse_key(args.service)
     name = args.service
@@ -95,7 +97,17 @@ async def resolve(args: argparse.Namespace) -> tuple[Service, Model, str]:
         client.close()
     if svc_live is None:
         raise UsageError(f"the kernel has no service {key} in this network namespace")
-    return svc_live, model_for(config_obj), name
+    if config_obj is None and any(d.weight == 0 for d in svc_live.dests):
+        config_obj = _quiet_load(find_config(None))  # quiesced servers: their slots are the config's
+    configured = next((s for s in config_obj.services if s.key == key), None) if config_obj else None
+    return svc_live, model_for(config_obj), name, kept_weights(configured)
+
+
+def _quiet_load(path: str) -> Config | None:
+    try:
+        return load(path)
+    except Exception:  # no readable config: weight-0 servers are modelled as added at weight 0
+        return None
 
 
 async def cmd_predict(args: argparse.Namespace) -> None:
@@ -106,9 +118,9 @@ async def cmd_predict(args: argparse.Namespace) -> None:
         clients = [parse_client(c) for c in lines]
     except ValueError as exc:
         raise UsageError(f"bad client: {exc}") from None
-    svc, model, _ = await resolve(args)
+    svc, model, _, kept = await resolve(args)
     try:
-        picks = predict(svc, clients, model)
+        picks = predict(svc, clients, model, kept)
     except ValueError as exc:  # e.g. an IPv6 client for an IPv4 service
         raise UsageError(f"bad client for {svc.key}: {exc}") from None
     if args.json:
@@ -125,11 +137,11 @@ async def cmd_predict(args: argparse.Namespace) -> None:
 async def cmd_table(args: argparse.Namespace) -> None:
     from mhd.maglev.predict import shares, table
 
-    svc, model, name = await resolve(args)
+    svc, model, name, kept = await resolve(args)
     if svc.scheduler != "mh":
         raise UsageError(f"service {name} uses scheduler {svc.scheduler}, not mh: it has no Maglev table")
-    share = shares(svc, model)
-    ratio = table(svc, model).max_mean_ratio()  # slots against each server's weighted fair share
+    share = shares(svc, model, kept)
+    ratio = table(svc, model, kept).max_mean_ratio()  # slots against each server's weighted fair share
     if args.json:
         print(json.dumps({"service": name, "table_size": model.size, "variant": model.variant,
                           "servers": [{"server": str(k), "share": v} for k, v in share.items()],

@@ -11,6 +11,8 @@ from mhd import kernel
 from mhd.config.records import Config
 from mhd.ctl.exits import EXIT_FAIL
 from mhd.ctl.maglev import load_config, model_for
+from mhd.maglev.params import kept_weights
+from mhd.membership import quiesce_refusals
 from mhd.reconcile import Outcome, reconcile, refusal
 from mhd.state import StateDir
 
@@ -24,6 +26,9 @@ async def _client(config: Config) -> IpvsClient:
     warnings = kernel.load_modules(config.schedulers())
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    refused = quiesce_refusals(config, kernel.mh_variant())
+    if refused:  # never a silent downgrade to remove
+        raise kernel.KernelError("\n".join(refused))
     return await IpvsClient.open()
 
 
@@ -43,7 +48,8 @@ async def cmd_plan(args: argparse.Namespace) -> None:
         client.close()
     from mhd.maglev.predict import plan_moves  # numpy: only for the commands that need the model
 
-    moved = plan_moves(outcome.observed, outcome.ops, model_for(config))
+    kept = {s.key: kept_weights(s) for s in config.services if s.on_failure == "quiesce"}
+    moved = plan_moves(outcome.observed, outcome.ops, model_for(config), kept)
     if args.json:
         docs = [
             op.to_json() | ({"moves": moved[op.service.key]} if op.service.key in moved else {})

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mhd.maglev.predict import Model, table
+from mhd.maglev.predict import Kept, Model, table
 from mhd.maglev.table import MaglevTable, moved_fraction
 from mhd.model import MH_FALLBACK, MH_PORT, Dest, DestKey, Service, ServiceKey, parse_ip
 
@@ -37,8 +37,12 @@ def digest_table(t: MaglevTable, flags: int = 0) -> str:
         {d.key for d in t.dests}, key=lambda k: (parse_ip(k[0]).version, int(parse_ip(k[0])), k[1])
     )
     position = {k: i for i, k in enumerate(servers)}
-    # Slot -> server position in the sorted server list; -1 (empty) stays -1.
-    remap = np.array([position[d.key] for d in t.dests] + [-1], dtype="<i4")
+    # Slot -> server position in the sorted server list; -1 (empty) stays -1; -2 for the slots of an
+    # in-tree weight-0 (quiesced) server, whose clients the fallback walk sends elsewhere.
+    elsewhere = t.variant == "intree"
+    remap = np.array(
+        [-2 if elsewhere and d.weight == 0 else position[d.key] for d in t.dests] + [-1], dtype="<i4"
+    )
     slots = remap[t.slots]
     lookup = f"mh-port={int(bool(flags & MH_PORT))} fallback={int(bool(flags & MH_FALLBACK))}"
     header = f"{FORMAT} M={t.size} variant={t.variant} bits={t.bits} ipv{t.family} {lookup}\n"
@@ -49,22 +53,27 @@ def digest_table(t: MaglevTable, flags: int = 0) -> str:
     return h.hexdigest()[:DIGEST_LENGTH]
 
 
-def digest(svc: Service, model: Model) -> str:
-    """The digest of the table the kernel builds for `svc` (an observed service, kernel order)."""
-    return digest_table(table(svc, model), svc.flags)
+def digest(svc: Service, model: Model, kept: Kept | None = None) -> str:
+    """The digest of the table the kernel builds for `svc` (an observed service, kernel order;
+    `kept`: the weights its quiesced servers keep, `mhd.maglev.params.kept_weights`)."""
+    return digest_table(table(svc, model, kept), svc.flags)
 
 
-def differing_share(a: Service, b: Service, model: Model, model_b: Model | None = None) -> float | None:
+def differing_share(
+    a: Service, b: Service, model: Model, model_b: Model | None = None, kept: Kept | None = None
+) -> float | None:
     """The share of clients the two services' tables send to different servers, 0.0 to 1.0: the
     flows that break when ECMP moves them between the two directors.
 
     None when it cannot be said from the tables: different table sizes or variants, or different
     lookup flags (then the two directors hash clients differently and nearly every flow differs).
+    A quiesced server's slots count as differing from the same slots of one that is up: its flows
+    go elsewhere (`moved_fraction(lookups=True)`).
     """
     model_b = model_b or model
     if model != model_b or (a.flags & (MH_PORT | MH_FALLBACK)) != (b.flags & (MH_PORT | MH_FALLBACK)):
         return None
-    return moved_fraction(table(a, model), table(b, model_b))
+    return moved_fraction(table(a, model, kept), table(b, model_b, kept), lookups=True)
 
 
 def table_json(svc: Service, model: Model) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from mhd.model import DEFAULT_MH_TAB_INDEX, mh_table_size
+from mhd.config.records import ServiceConfig
+from mhd.model import DEFAULT_MH_TAB_INDEX, DestKey, mh_table_size
 
 Variant = Literal["intree", "backport"]
 
@@ -34,3 +35,12 @@ def model_for(module: str, running: Variant | None, tab_index: int | None) -> Mo
     runs (None: ip_vs_mh not loaded) and the table index (None: the kernel's default)."""
     chosen: dict[str, Variant] = {"intree": "intree", "backport": "backport"}
     return Model(tab_index or DEFAULT_MH_TAB_INDEX, chosen.get(module, running or "intree"))
+
+
+def kept_weights(svc: ServiceConfig | None) -> dict[DestKey, int]:
+    """The slots each weight-0 destination of a service mhd manages keeps: its configured weight.
+
+    The kernel's `last_weight` cannot be dumped, but mhd only ever sets weight 0 to quiesce a
+    server, after adding it at its configured weight (`mhd.planner.Desired.quiesced`); a
+    destination the model is not told about is taken as added at weight 0 (no slots)."""
+    return {s.key: s.weight for s in svc.servers} if svc is not None else {}

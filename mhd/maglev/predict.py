@@ -17,10 +17,16 @@ from mhd.maglev.table import Family, MaglevTable, MhDest, build_table, moved_fra
 from mhd.model import MH_FALLBACK, MH_PORT, PROTOCOL_NAMES, DestKey, Service, ServiceKey, parse_ip
 from mhd.planner import Op, apply_ops
 
+Kept = Mapping[DestKey, int]  # a weight-0 destination's last non-zero weight (params.kept_weights)
 
-def table(svc: Service, model: Model) -> MaglevTable:
+
+def table(svc: Service, model: Model, kept: Kept | None = None) -> MaglevTable:
     """The lookup table the kernel builds for `svc` (its dests in kernel list order)."""
-    dests = [MhDest(str(d.key.address), d.key.port, d.weight) for d in svc.dests]
+    kept = kept or {}
+    dests = [
+        MhDest(str(d.key.address), d.key.port, d.weight, kept.get(d.key, 0) if d.weight == 0 else None)
+        for d in svc.dests
+    ]
     family: Family = 6 if svc.key.family == socket.AF_INET6 else 4
     return build_table(dests, tab_index=model.tab_index, variant=model.variant, family=family)
 
@@ -36,9 +42,11 @@ def parse_client(text: str) -> tuple[str, int]:
     return address, port
 
 
-def predict(svc: Service, clients: list[tuple[str, int]], model: Model) -> list[DestKey | None]:
+def predict(
+    svc: Service, clients: list[tuple[str, int]], model: Model, kept: Kept | None = None
+) -> list[DestKey | None]:
     """The destination the kernel picks for each (address, port) client; None = no destination."""
-    t = table(svc, model)
+    t = table(svc, model, kept)
     if not clients:
         return []
     picks = t.lookup_many(
@@ -51,23 +59,29 @@ def predict(svc: Service, clients: list[tuple[str, int]], model: Model) -> list[
     return [svc.dests[int(i)].key if i >= 0 else None for i in picks]
 
 
-def shares(svc: Service, model: Model) -> dict[DestKey, float]:
-    """Each destination's share of the table's slots (what share of new flows it receives)."""
-    t = table(svc, model)
+def shares(svc: Service, model: Model, kept: Kept | None = None) -> dict[DestKey, float]:
+    """Each destination's share of the table's slots (a quiesced one keeps its share, which the
+    fallback walk hands on)."""
+    t = table(svc, model, kept)
     return {d.key: share for d, share in zip(svc.dests, t.slot_shares(), strict=True)}
 
 
-def moves(before: Service | None, after: Service | None, model: Model) -> float:
-    """The share of the hash space whose server changes between two kernel states of a service."""
+def moves(before: Service | None, after: Service | None, model: Model, kept: Kept | None = None) -> float:
+    """The share of the hash space whose server changes between two kernel states of a service
+    (a quiesced server's slots count as changed: the fallback walk sends their flows elsewhere)."""
     if before is None or after is None or (before.scheduler != "mh" and after.scheduler != "mh"):
         return 0.0 if before == after else 1.0
-    return moved_fraction(table(before, model), table(after, model))
+    return moved_fraction(table(before, model, kept), table(after, model, kept), lookups=True)
 
 
 def plan_moves(
-    observed: Mapping[ServiceKey, Service], ops: Iterable[Op], model: Model
+    observed: Mapping[ServiceKey, Service],
+    ops: Iterable[Op],
+    model: Model,
+    kept: Mapping[ServiceKey, Kept] | None = None,
 ) -> dict[ServiceKey, float]:
-    """For every mh service a plan changes, the share of flows it moves to another server."""
+    """For every mh service a plan changes, the share of flows it moves to another server
+    (`kept`: per service, `kept_weights`)."""
     ops = list(ops)
     after = apply_ops(observed, ops)
     out: dict[ServiceKey, float] = {}
@@ -77,5 +91,5 @@ def plan_moves(
             key not in observed or observed[key].scheduler != "mh"
         ):
             continue
-        out[key] = moves(observed.get(key), new, model)
+        out[key] = moves(observed.get(key), new, model, (kept or {}).get(key))
     return out

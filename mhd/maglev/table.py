@@ -392,22 +392,29 @@ class MaglevTable:
         return fold_address(address, self.family)
 
 
-def moved_fraction(before: MaglevTable, after: MaglevTable) -> float:
+def moved_fraction(before: MaglevTable, after: MaglevTable, *, lookups: bool = False) -> float:
     """The share of slots whose destination differs between two tables of the same size.
 
     Destinations are compared by (address, port), not by index, because the same server usually
     sits at a different list position after a change. An empty slot counts as its own value.
-    The result is symmetric and 0.0 for identical tables.
+    The result is symmetric and 0.0 for identical tables. With `lookups`, a slot of an in-tree
+    weight-0 destination counts as sending its clients elsewhere (the fallback walk, or nowhere):
+    the share of flows that move, so that quiescing a server moves its share and nothing else.
     """
     if before.size != after.size:
         raise ValueError(f"tables differ in size ({before.size} and {after.size} slots)")
     ids: dict[tuple[str, int], int] = {}
     for d in (*before.dests, *after.dests):
         ids.setdefault(d.key, len(ids))
-    map_b = np.array([ids[d.key] for d in before.dests] + [-1], dtype=np.int64)
-    map_a = np.array([ids[d.key] for d in after.dests] + [-1], dtype=np.int64)
+
+    def owners(t: MaglevTable) -> npt.NDArray[np.int64]:
+        elsewhere = lookups and t.variant == "intree"
+        return np.array(
+            [-2 if elsewhere and d.weight == 0 else ids[d.key] for d in t.dests] + [-1], dtype=np.int64
+        )
+
     # Index -1 (empty slot) picks the trailing -1 of each map.
-    changed = map_b[before.slots] != map_a[after.slots]
+    changed = owners(before)[before.slots] != owners(after)[after.slots]
     return float(np.count_nonzero(changed)) / before.size
 
 
