@@ -116,6 +116,9 @@ def test_the_page_needs_no_token_and_forbids_scripts(tmp_path: Path) -> None:
 # --- in a real browser ---------------------------------------------------------------------------------
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# chromedriver is on loopback: never through an http_proxy (Debian's package builds set one that
+# refuses every connection).
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @contextlib.contextmanager
@@ -152,7 +155,7 @@ class WebDriver:
         self.base = base
         caps = {"browserName": "chrome", "goog:chromeOptions": {
             "binary": CHROMIUM,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"],
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-proxy-server", "--window-size=1280,900"],
         }}  # fmt: skip
         self.session = self.call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
 
@@ -160,7 +163,7 @@ class WebDriver:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data, method=method)
         request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with LOCAL.open(request, timeout=60) as response:
             return json.load(response)["value"]
 
     def do(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -193,7 +196,7 @@ def browser() -> Iterator[WebDriver]:
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             with contextlib.suppress(OSError):
-                urllib.request.urlopen(base + "/status", timeout=5).close()
+                LOCAL.open(base + "/status", timeout=5).close()
                 break
             time.sleep(0.1)
         wd = WebDriver(base)
