@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from fakes import FakeDaemon
 
 from mhd.api.server import start
 from mhd.ctl import main as ctl
-from mhd.ctl.client import Colors, format_status, use_color
+from mhd.ctl.client import ClientError, Colors, format_status, use_color, watch
 from mhd.health import CheckResult, Health
 from mhd.state import StateDir
 
@@ -165,8 +166,12 @@ def test_over_tcp_with_and_without_the_token(tmp_path: Path, capsys: pytest.Capt
         token = str(tmp_path / "token")
         assert mhctl(capsys, "disable", "web", "10.0.0.1", "--api", url, "--token-file", token)[0] == 0
         two_lines = tmp_path / "token-and-comment"
-        two_lines.write_text("\nt0ken\nrotated on Monday\n")  # the first non-blank line, as the daemon reads it
-        assert mhctl(capsys, "enable", "web", "10.0.0.1", "--api", url, "--token-file", str(two_lines))[0] == 0
+        two_lines.write_text(
+            "\nt0ken\nrotated on Monday\n"
+        )  # the first non-blank line, as the daemon reads it
+        assert (
+            mhctl(capsys, "enable", "web", "10.0.0.1", "--api", url, "--token-file", str(two_lines))[0] == 0
+        )
         code, _, err = mhctl(capsys, "status", "--api", "ftp://x")
         assert code == 2 and "--api must be" in err
 
@@ -207,3 +212,71 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPa
 def test_mhctl_does_not_import_aiohttp() -> None:
     code = "import sys, mhd.ctl.main; sys.exit('aiohttp' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- mhctl status --watch ------------------------------------------------------------------------------
+
+
+def test_watch_redraws_until_ctrl_c_which_exits_0(tmp_path: Path) -> None:
+    """A real mhctl process: frames keep coming until SIGINT, then it exits 0 without a traceback."""
+    d = make_daemon(tmp_path)
+    sock = str(tmp_path / "mhd.sock")
+    with running(d):
+        argv = [sys.executable, "-m", "mhd.ctl", "status", "--watch", "0.1", "--socket", sock]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        frames = []
+        for line in proc.stdout:
+            if line.startswith("every 0.1s: mhctl status  "):
+                frames.append(line)
+                if len(frames) == 3:
+                    break
+            assert "\033[" not in line  # not a terminal: no colour and no clearing
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert len(frames) == 3 and proc.returncode == 0 and err == ""
+
+
+def test_watch_shows_a_lost_daemon_and_keeps_going_but_stops_on_a_usage_error() -> None:
+    answers: list[Any] = [
+        "frame one\n",
+        ClientError("mhd is not running: cannot connect to /run/mhd/mhd.sock"),
+        "frame three\n",
+    ]
+    sleeps: list[float] = []
+
+    def frame() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return str(answer)
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if not answers:
+            raise KeyboardInterrupt
+
+    out = io.StringIO()
+    watch(frame, 2.5, out, True, sleep)
+    text = out.getvalue()
+    assert text.count("every 2.5s: mhctl status") == 3 and sleeps == [2.5, 2.5, 2.5]
+    assert text.index("frame one") < text.index("mhctl: mhd is not running") < text.index("frame three")
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    def bad_url() -> str:
+        raise ClientError("--api must be an http:// or https:// URL", usage=True)
+
+    out = io.StringIO()
+    watch(lambda: '{"services": []}\n', 1, out, False, interrupt)
+    assert out.getvalue() == '{"services": []}\n'  # --json --watch: bare documents, one a line
+    with pytest.raises(ClientError, match="--api"):
+        watch(bad_url, 1, out, True, interrupt)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon", "nan"])
+def test_watch_wants_a_sensible_interval(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ctl.main(["status", "--watch", bad])
+    assert exc.value.code == 2 and "--watch" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from mhd.api.auth import TokenFile, authorize
 from mhd.api.listeners import REQUEST_TIMEOUT, Connection
 from mhd.api.metrics import Metrics
 from mhd.api.openapi import openapi
+from mhd.api.page import Page
 from mhd.api.responses import ApiError, error_response, json_response
 from mhd.api.status import find_service, status
 from mhd.api.view import DaemonView
@@ -143,6 +144,7 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+        app.router.add_get("/", Page(self.daemon, self.metrics.collector.slots).get)
         app.router.add_get("/v1/status", self.get_status)
         app.router.add_get("/v1/services/{name}", self.get_service)
         app.router.add_get("/v1/services/{name}/table", self.get_table)

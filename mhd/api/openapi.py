@@ -176,6 +176,13 @@ def _routes() -> dict[str, Any]:
             "socket; over TCP they need 'Authorization: Bearer <token>' (api.token-file).",
         },
         "paths": {
+            "/": {
+                "get": {
+                    "summary": "the status page: /v1/status as HTML for a browser, reloading itself",
+                    "operationId": "getPage",
+                    "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
+                }
+            },
             "/v1/status": {
                 "get": {
                     "summary": "the daemon, every service and every server",

@@ -158,13 +158,64 @@ def client_from(args: argparse.Namespace) -> Client:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    code, doc = client_from(args).request("GET", "/v1/status")
+    client = client_from(args)
+    if args.watch is None:
+        sys.stdout.write(status_text(client, args.json, indent=1))
+    else:  # --json --watch: one document a line, for jq and friends
+        watch(lambda: status_text(client, args.json, indent=None), args.watch, sys.stdout, not args.json)
+
+
+def status_text(client: Client, as_json: bool, indent: int | None) -> str:
+    code, doc = client.request("GET", "/v1/status")
     if code != 200:
         raise ClientError(error_of(code, doc))
-    if args.json:
-        print(json.dumps(doc, indent=1))
-    else:
-        sys.stdout.write(format_status(doc, Colors(use_color(sys.stdout))))
+    if as_json:
+        return json.dumps(doc, indent=indent) + "\n"
+    return format_status(doc, Colors(use_color(sys.stdout)))
+
+
+CLEAR = "\033[H\033[2J"  # cursor home, clear the screen: what watch(1) does between frames
+
+
+def watch(
+    frame: Callable[[], str],
+    seconds: float,
+    out: TextIO,
+    titled: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Write `frame()` every `seconds` until Ctrl-C, which ends it normally (exit 0), like watch(1).
+
+    A failure to reach the daemon (restarting, say) is shown in place of the status and the next
+    frame tries again; a usage error (an unknown --api scheme) ends it. `titled`: a title line per
+    frame, and the screen cleared first on a terminal.
+    """
+    clear = CLEAR if titled and out.isatty() else ""
+    try:
+        while True:
+            try:
+                text = frame()
+            except ClientError as exc:
+                if exc.usage:
+                    raise
+                text = f"mhctl: {exc}\n"
+            title = f"every {seconds:g}s: mhctl status  {time.strftime('%H:%M:%S')}\n\n" if titled else ""
+            out.write(clear + title + text)
+            out.flush()
+            sleep(seconds)
+    except KeyboardInterrupt:
+        pass
+
+
+def interval(text: str) -> float:
+    """--watch's SECONDS: a number of seconds, at least 0.1."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0.1:
+        raise argparse.ArgumentTypeError(f"{text} seconds: give at least 0.1")
+    return seconds
 
 
 def cmd_reload(args: argparse.Namespace) -> None:

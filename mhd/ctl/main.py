@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("status", help="services and servers of the running daemon", parents=[daemon])
     c.add_argument("--json", action="store_true", help="the raw status document")
+    c.add_argument(
+        "--watch", nargs="?", const=2.0, type=client.interval, metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )  # fmt: skip
     c.set_defaults(func=client.cmd_status)
     c = sub.add_parser(
         "reload",
