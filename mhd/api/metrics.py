@@ -40,8 +40,9 @@ from prometheus_client.registry import Collector
 
 from mhd import __version__
 from mhd.api import model
-from mhd.api.status import SERVICE_STATES, in_panic, service_state
+from mhd.api.status import in_panic
 from mhd.api.view import DaemonView
+from mhd.membership import SERVICE_STATES, service_state
 from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 
 if TYPE_CHECKING:
