@@ -6,6 +6,9 @@ A pass runs every `reconcile-interval`, at once after a health transition, and a
 
 Signals: SIGHUP re-reads the config (an invalid file is logged and changes nothing); SIGTERM and
 SIGINT stop the daemon and leave IPVS exactly as it is, so a restart or an upgrade never drops a VIP.
+
+After every pass the fleet step (`mhd.announcer`) announces or withdraws the VIPs' routes, keeps the
+IPVS sysctls and publishes the table digests; stopping leaves routes and addresses as they are too.
 """
 
 from __future__ import annotations

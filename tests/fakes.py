@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from mhd.announcer import Announcer
 from mhd.config.validate import load
 from mhd.daemon import Daemon
 from mhd.health import CheckResult, Health, State
@@ -66,6 +67,7 @@ class FakeDaemon(Daemon):
         self.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
         self.state = StateDir(tmp_path / "state")
         self._adopt(load(path))
+        self.fleet = Announcer(self.state, open_routes=FakeRoutes, sysctl_root=tmp_path / "no-proc")
         self.last_reload = ReloadResult(True, time.time(), [], self.config.sha256 if self.config else "")
         for service, server in self.targets:
             self.set_health(service, str(server), health("down" if (service, str(server)) in down else "up"))

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from mhd import __version__
+from mhd.api.fleet import fleet_status, table_digest
 from mhd.membership import service_state
 from mhd.model import (
     MH_FALLBACK,
@@ -82,6 +83,7 @@ def status(daemon: DaemonView) -> dict[str, Any]:
     return {
         "daemon": daemon_status(daemon),
         "services": [service_status(daemon, svc, disabled.get(svc.name, set())) for svc in services],
+        "fleet": fleet_status(daemon),
     }
 
 
@@ -120,6 +122,7 @@ def service_status(daemon: DaemonView, svc: ServiceConfig, disabled: set[str]) -
         "servers_up": sum(1 for s in servers if s["health"] == "up"),
         "servers_in_kernel": sum(1 for s in servers if s["in_kernel"]),
         "stats": stats_json(observed.stats) if observed is not None else None,
+        "table_digest": table_digest(daemon, svc.name),
         "servers": servers,
     }
 
