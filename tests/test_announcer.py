@@ -141,3 +141,18 @@ def test_each_live_mh_service_gets_a_table_digest(tmp_path: Path) -> None:
     d.set_health("web", "10.0.0.2:80", health("down"))
     step(d)
     assert d.fleet.tables["web"]["digest"] != digest
+
+
+def test_a_reload_that_changes_only_the_sysctls_applies_them(tmp_path: Path) -> None:
+    d = director(tmp_path, FakeRoutes())
+    step(d)
+    proc = tmp_path / "proc"
+    assert int((proc / "conntrack").read_text()) == 1
+    Path(d.config_path).write_text(CONFIG.replace("net.ipv4.vs.conntrack: 1", "net.ipv4.vs.conntrack: 0"))
+
+    async def reload() -> None:
+        assert (await d._reload()).ok
+        await d._iteration(next_full=float("inf"))  # no pass is due: only the fleet step runs
+
+    asyncio.run(reload())
+    assert int((proc / "conntrack").read_text()) == 0
