@@ -97,7 +97,7 @@ class Announcer:
         self.decision: Decision | None = None
         self.recheck_at: float | None = None  # wall clock: a hold-down expires then
         self.sysctls = SysctlStatus()
-        self.route_writes = 0
+        self.route_writes = 0  # rtnetlink writes (routes, addresses, the link) since the start
         self.failures: list[str] = []  # of the last step: route and address writes the kernel refused
         self.foreign: list[str] = []  # VIPs present on the interface and not mhd's: left alone
         self.tables: dict[str, dict[str, Any]] = {}  # service name -> `mhd.maglev.digest.table_json`
@@ -170,7 +170,7 @@ class Announcer:
             old = routes.sync(kernel, self.state, announce=(), vips=(), table=self._where[0],
                               protocol=self._where[1], interface=None)  # fmt: skip
             self._log(old.ops, old.failures)
-            self.records = {}
+            self.records, self.decision = {}, None  # seeded again from the new table
         self._where = where
         if announce is None:
             self.decision, self.recheck_at, self.failures = None, None, []
@@ -187,6 +187,7 @@ class Announcer:
             table=announce.table, protocol=announce.protocol, interface=announce.vip_interface,
         )  # fmt: skip
         self._log(result.ops, result.failures)
+        self.route_writes = kernel.writes
         self.failures = [f"{op.describe()}: {why}" for op, why in result.failures]
         self.foreign = [str(p) for p in result.foreign]
 
@@ -200,7 +201,6 @@ class Announcer:
 
     def _log(self, ops: list[routes.RouteOp], failures: list[tuple[routes.RouteOp, str]]) -> None:
         failed = {id(op) for op, _ in failures}
-        self.route_writes += len(ops)
         for op in ops:
             if id(op) not in failed:
                 log.info("%s", op.describe())

@@ -12,6 +12,7 @@ from pathlib import Path
 from fakes import FakeDaemon, FakeRoutes, health
 
 from mhd.announcer import Announcer
+from mhd.config.validate import loads
 from mhd.health import Health
 from mhd.routes import ROUTE_TYPE, Route
 
@@ -156,3 +157,13 @@ def test_a_reload_that_changes_only_the_sysctls_applies_them(tmp_path: Path) -> 
 
     asyncio.run(reload())
     assert int((proc / "conntrack").read_text()) == 0
+
+
+def test_a_new_table_takes_the_routes_and_the_old_one_is_emptied(tmp_path: Path) -> None:
+    kernel = FakeRoutes([FOREIGN])
+    d = director(tmp_path, kernel)
+    step(d)
+    d.config = loads(CONFIG.replace("table: 100", "table: 101"), d.config_path)
+    step(d)
+    assert mine(kernel) == set() and FOREIGN in kernel.table
+    assert kernel.announced(101, 250) == {VIP, MARKED}
