@@ -25,6 +25,7 @@ DURATION_BOUNDS = {
     "check.timeout": (0.001, 3600.0),
     "check.fast-interval": (0.01, 3600.0),  # and at most the check's interval (mhd.config.checks)
     "check.down-interval": (0.01, 3600.0),  # and at least the check's interval
+    "announce.hold-down": (0.0, 3600.0),  # 0: re-announce as soon as the service is back
 }
 OTHER_DURATIONS = (0.001, 3600.0)  # a duration key not listed above: still finite and bounded
 T = TypeVar("T")
