@@ -78,7 +78,7 @@ def test_announce_follows_verdicts_health_drain_and_restarts(
     d.start()  # the first pass and fleet step ran before "ready": no verdict yet, no route
     assert our_routes(t.director) == []
     assert proc_sysctl(t.director, "sloppy_tcp") == 1 and proc_sysctl(t.director, "conntrack") == 1
-    text = d.wait_log(f"announce {vip}", 120)
+    text = d.wait_log(f"add-route {vip}/32", 120)  # logged after the decision ("announce VIP: ...")
     assert text.index("-> up") < text.index(f"add-route {vip}/32")  # after a verdict, never before
     assert our_routes(t.director) == [vip]
 
