@@ -65,6 +65,7 @@ class ServiceHealth:
     name: str
     state: str  # ok | degraded | panic | down
     verdicts: bool
+    members: frozenset[str] = frozenset()  # the servers in IPVS now: the table this director builds
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Record:
     healthy_since: float | None = None
     held: bool = False
     changed: float = 0.0
+    members: frozenset[tuple[str, str]] = frozenset()  # (service, server) in IPVS at the last decision
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,13 @@ def decide_vip(
 ) -> tuple[Record, str, float | None]:
     """One VIP: its new record, the reason, and when to look again (a hold-down expiry) or None."""
     healthy, reason = vip_health(services, options)
-    prev = previous if previous is not None else Record(False, None, False, now)
+    members = frozenset((h.name, m) for h in services for m in h.members)
+    prev = previous if previous is not None else Record(False, None, False, now, members)
+    # Waiting to come back after a failure, the hold-down counts from the last change of the server
+    # lists: a director whose servers return one by one re-announces only once its table has settled,
+    # never with a partial table that its peers (which kept every server) do not build.
+    restart = prev.held and not prev.announced and members != prev.members
+    prev = replace(prev, members=members, healthy_since=None if restart else prev.healthy_since)
     if healthy is None:  # verdicts pending: keep the decision, never newly announce
         if drained:
             return _set(prev, False, now), "drained", None

@@ -67,7 +67,8 @@ def service_healths(
             facts.append((h is not None and h.state == "up", s.key in in_kernel, str(s.key) in off))
         m = members.get(svc.name)
         state = service_state(bool(in_kernel), bool(m and m.panic), facts)
-        out.append((service_vips(svc.key, svc.announce), ServiceHealth(svc.name, state, verdicts)))
+        health_of = ServiceHealth(svc.name, state, verdicts, frozenset(str(k) for k in in_kernel))
+        out.append((service_vips(svc.key, svc.announce), health_of))
     return out
 
 

@@ -26,8 +26,8 @@ VIP6 = ipaddress.IPv6Address("2001:db8::10")
 OPTS = Options(announce_panic=False, hold_down=30.0)
 
 
-def h(state: str = "ok", verdicts: bool = True, name: str = "web") -> ServiceHealth:
-    return ServiceHealth(name, state, verdicts)
+def h(state: str = "ok", verdicts: bool = True, name: str = "web", members: str = "") -> ServiceHealth:
+    return ServiceHealth(name, state, verdicts, frozenset(members.split()))
 
 
 def run(
@@ -79,6 +79,29 @@ def test_hold_down_delays_the_reannouncement_only() -> None:
     assert "hold-down" in back.reasons[VIP]
     assert run({VIP: (h(),)}, back.records, now=31.9).announce == frozenset()
     assert run({VIP: (h(),)}, back.records, now=32.0).announce == {prefix(VIP)}
+
+
+def test_servers_returning_one_by_one_restart_the_hold_down() -> None:
+    """Regression (found by the fleet scenarios on a real kernel): a director cut off from every
+    server came back degraded with 2 of 5 servers, and its hold-down, counted from that moment, expired
+    while the others were still rising: it re-announced the VIP with a table its peers did not build.
+    While the VIP waits to come back, each change of its servers restarts the hold-down."""
+    all5 = "a b c d e"
+    d = run({VIP: (h(members=all5),)}, now=0.0)
+    d = run({VIP: (h("down"),)}, d.records, now=1.0)
+    d = run({VIP: (h("degraded", members="a e"),)}, d.records, now=10.0)
+    d = run({VIP: (h("degraded", members="a b e"),)}, d.records, now=30.0)
+    assert d.announce == frozenset() and d.recheck_at == 60.0  # not 40: the list changed at 30
+    d = run({VIP: (h(members=all5),)}, d.records, now=50.0)
+    assert run({VIP: (h(members=all5),)}, d.records, now=79.9).announce == frozenset()
+    assert run({VIP: (h(members=all5),)}, d.records, now=80.0).announce == {prefix(VIP)}
+
+
+def test_a_stable_partial_list_is_announced_after_the_hold_down() -> None:
+    """A server down on every director leaves the same list everywhere: announce after the hold-down."""
+    d = run({VIP: (h("down"),)}, run({VIP: (h(members="a b c"),)}, now=0.0).records, now=1.0)
+    d = run({VIP: (h("degraded", members="a b"),)}, d.records, now=2.0)
+    assert run({VIP: (h("degraded", members="a b"),)}, d.records, now=32.0).announce == {prefix(VIP)}
 
 
 def test_a_flap_during_the_hold_down_restarts_it() -> None:
