@@ -45,11 +45,21 @@ from mhd.model import IPAddress, ServiceKey
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 SharedRule = Literal["all", "any"]
 HEALTHY_STATES = frozenset({"ok", "degraded"})
+RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+# The kernel's own route protocols (0-4), and those /etc/iproute2/rt_protos gives to routing daemons:
+# mhd deletes every route of its table that carries its protocol, so sharing BIRD's (12) or zebra's
+# (11) would delete theirs.
+RESERVED_PROTOCOLS = {
+    0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra", 10: "mrt",
+    11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk", 16: "dhcp", 18: "keepalived",
+    42: "babel", 99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp",
+}  # fmt: skip
+DEFAULT_PROTOCOL = 250
 
 
 @dataclass(frozen=True)
 class ServiceHealth:
-    """What the policy needs of one service: its summary state (`mhd.status.service_state`) and
+    """What the policy needs of one service: its summary state (`mhd.membership.service_state`) and
     whether every one of its servers has had its first health verdict."""
 
     name: str
@@ -89,6 +99,24 @@ class Decision:
     records: dict[IPAddress, Record]
     recheck_at: float | None
     reasons: dict[IPAddress, str] = field(default_factory=dict)
+
+
+def route_key_problems(table: int, protocol: int) -> list[str]:
+    """Problems with an `announce:` table and protocol, as messages naming the key and the fix."""
+    problems = []
+    if not 1 <= table <= 0xFFFFFFFF or table in RESERVED_TABLES:
+        name = RESERVED_TABLES.get(table, "out of range")
+        problems.append(
+            f"announce.table {table} ({name}) cannot be used: give a table of mhd's own (1..252, or 256 and up)"
+        )
+    if not 1 <= protocol <= 255 or protocol in RESERVED_PROTOCOLS:
+        name = RESERVED_PROTOCOLS.get(protocol, "out of range")
+        problems.append(
+            f"announce.protocol {protocol} ({name}) cannot be used: mhd deletes every route of its table "
+            "with its protocol, so give a number of mhd's own in 1..255 that neither the kernel nor "
+            f"another daemon uses (see /etc/iproute2/rt_protos), such as {DEFAULT_PROTOCOL}"
+        )
+    return problems
 
 
 def prefix(address: IPAddress) -> Prefix:

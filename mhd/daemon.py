@@ -6,6 +6,9 @@ A pass runs every `reconcile-interval`, at once after a health transition, and a
 
 Signals: SIGHUP re-reads the config (an invalid file is logged and changes nothing); SIGTERM and
 SIGINT stop the daemon and leave IPVS exactly as it is, so a restart or an upgrade never drops a VIP.
+
+After every pass the fleet step (`mhd.announcer`) announces or withdraws the VIPs' routes, keeps the
+IPVS sysctls and publishes the table digests; stopping leaves routes and addresses as they are too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from mhd import __version__, kernel, sdnotify
+from mhd.announcer import Announcer, service_healths
 from mhd.config.diff import Replaced, changed_services, replaced_services
 from mhd.config.records import Config, ServiceConfig
 from mhd.config.reload import ConfigReloader
@@ -31,6 +35,7 @@ from mhd.config.validate import DEFAULT_CONFIGS, find_config
 from mhd.config.yamlsource import ConfigError
 from mhd.health import CheckResult, Health, Transition
 from mhd.ipvs import IpvsClient
+from mhd.maglev.params import model_for
 from mhd.model import DestKey, Service, ServiceKey, mh_table_size
 from mhd.netlink import NetlinkError
 from mhd.probing.prober import CheckKey, ProbeHook, Prober, Target
@@ -111,6 +116,8 @@ class Daemon:
         self._reloader = ConfigReloader()
         self._load_errors, self._loop_errors = ErrorLog(), ErrorLog()
         self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
+        self.fleet: Announcer | None = None  # announcements, sysctls, digests, the drain flag
+        self._fleet_due = False
 
     # --- config ----------------------------------------------------------------------------------
     def _load(self) -> Config:
@@ -215,6 +222,7 @@ class Daemon:
                 result = ReloadResult(False, time.time(), errors)
             else:
                 result = ReloadResult(True, time.time(), [], loaded.sha256)
+                self._fleet_due = True  # announce: and kernel.sysctl: may have changed
         self.last_reload = result
         self.reload_counts["ok" if result.ok else "error"] += 1
         return result
@@ -271,9 +279,34 @@ class Daemon:
             log.info(
                 "reconciled %s: %d operations in %.3fs", scope, len(outcome.ops), time.monotonic() - started
             )
+        await self._fleet_step()
         for hook in self.hooks:
             hook()
         sdnotify.notify("STATUS=" + self.status_line())
+
+    async def _fleet_step(self) -> None:
+        """After a pass (or a drain, a reload, a hold-down's end): sysctls, announcements, digests."""
+        self._fleet_due = False
+        if self.fleet is None or self.config is None or self.state is None:
+            return
+        members = self.outcome.members if self.outcome is not None else {}
+        healths = service_healths(self.config, self.observed, members, self.health, self.state.disabled())
+        try:
+            await self.fleet.step(self.config, healths)
+            if self.kernel is not None:
+                k = self.kernel
+                params = model_for(self.config.kernel.module, k.mh_variant, k.mh_tab_index)
+                await self.fleet.refresh_tables(self.config, self.observed, params)
+        except Exception as exc:  # routes and sysctls are retried by the next step
+            self._loop_errors.report("announcing routes or setting sysctls", exc)
+
+    def set_drained(self, drained: bool) -> None:
+        """Drain (withdraw every route, IPVS keeps serving) or undrain this director; persisted."""
+        if self.fleet is None:
+            raise LookupError("the daemon is starting")
+        self.fleet.set_drained(drained)
+        self._fleet_due = True
+        self._wake.set()
 
     def _log_panics(self, outcome: Outcome) -> None:
         """Entering and leaving panic is logged once each, with the counts that decided it."""
@@ -303,6 +336,8 @@ class Daemon:
             line += f", {panic} in panic"
         if self.refused:
             line += f", {len(self.refused)} refused: not mhd's (see the log)"
+        if self.fleet is not None and self.fleet.drained:
+            line += ", drained"
         if self.last_reload and not self.last_reload.ok:
             line += f"; last reload failed: {self.last_reload.errors[0] if self.last_reload.errors else '?'}"
         return line
@@ -324,8 +359,11 @@ class Daemon:
                 next_full = time.monotonic() + self.config.reconcile_interval
             if self._wake.is_set() or self._stop.is_set():
                 continue
+            wait = next_full - time.monotonic()
+            if self.fleet is not None and self.fleet.recheck_at is not None:
+                wait = min(wait, self.fleet.recheck_at - time.time())  # a hold-down ends
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wait))
 
     async def _iteration(self, next_full: float) -> float:
         """One turn of the main loop: a pending reload, then a whole or scoped pass; returns when
@@ -345,6 +383,8 @@ class Daemon:
             elif self._pending:
                 only, self._pending = self._pending, set()
                 await self.reconcile_once(only)
+            if self._fleet_due or (self.fleet is not None and self.fleet.due(time.time())):
+                await self._fleet_step()
         finally:  # the reload's changes are in the kernel now (or it was rejected, or a pass failed)
             if result is not None:
                 sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
@@ -417,6 +457,7 @@ class Daemon:
         self.kernel = kernel.info(config.kernel.mh_tab_index)
         self.state = StateDir(self.state_dir_override or config.state_dir)
         self.state.lock()
+        self.fleet = Announcer(self.state)
         self.client = await IpvsClient.open()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -458,8 +499,9 @@ class Daemon:
                 await close()
             await self.prober.stop()
             self.client.close()
+            self.fleet.close()
             self.state.unlock()
-        log.info("stopped; IPVS left as it is")
+        log.info("stopped; IPVS, routes and addresses left as they are")
         return 0
 
 

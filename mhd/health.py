@@ -131,3 +131,10 @@ def inconclusive(result: CheckResult, stalled: float, timeout: float) -> bool:
     if result.ok:
         return False
     return result.local or (result.timed_out and stalled > STALL_FRACTION * timeout)
+
+
+def has_verdict(h: Health, spec: CheckSpec) -> bool:
+    """Whether the checks have judged the server yet: a probe result decided its state, or it has
+    no check to wait for. A server that starts `up` because it was in the kernel at a restart has
+    no verdict until its first probe: the announcement policy never announces on an assumption."""
+    return spec.type == "none" or (h.last is not None and h.state != "unknown")

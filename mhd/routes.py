@@ -44,8 +44,6 @@ from mhd.state import StateDir
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
 ROUTE_TYPE = RTN_BLACKHOLE
-RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
-RESERVED_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static"}
 IFF_UP = 0x1
 RECORD_FILE = "routes.json"
 
@@ -116,22 +114,6 @@ class AddressPlan:
     owned_before: Owned
     owned_after: Owned
     foreign: list[Prefix] = field(default_factory=list)  # desired, present, not ours: left alone
-
-
-def validate(table: int, protocol: int) -> list[str]:
-    """Problems with an `announce:` table and protocol, as messages naming the key and the fix."""
-    problems = []
-    if not 1 <= table <= 0xFFFFFFFF or table in RESERVED_TABLES:
-        name = RESERVED_TABLES.get(table, "out of range")
-        problems.append(
-            f"announce.table {table} ({name}) cannot be used: give a table of mhd's own (1..252, or 256 and up)"
-        )
-    if not 0 <= protocol <= 255 or protocol in RESERVED_PROTOCOLS:
-        name = RESERVED_PROTOCOLS.get(protocol, "out of range")
-        problems.append(
-            f"announce.protocol {protocol} ({name}) cannot be used: give a number of mhd's own in 5..255 that no other daemon uses (see /etc/iproute2/rt_protos)"
-        )
-    return problems
 
 
 def _prefix_order(p: Prefix) -> tuple[int, int, int]:

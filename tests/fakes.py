@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from mhd.announcer import Announcer
 from mhd.config.validate import load
 from mhd.daemon import Daemon
 from mhd.health import CheckResult, Health, State
@@ -66,6 +67,7 @@ class FakeDaemon(Daemon):
         self.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
         self.state = StateDir(tmp_path / "state")
         self._adopt(load(path))
+        self.fleet = Announcer(self.state, open_routes=FakeRoutes, sysctl_root=tmp_path / "no-proc")
         self.last_reload = ReloadResult(True, time.time(), [], self.config.sha256 if self.config else "")
         for service, server in self.targets:
             self.set_health(service, str(server), health("down" if (service, str(server)) in down else "up"))
@@ -102,3 +104,36 @@ def spy_imports(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> li
 
     monkeypatch.setattr(module, "importlib", types.SimpleNamespace(import_module=spy))
     return seen
+
+
+class FakeRoutes:
+    """The rtnetlink edge (`mhd.routes.Kernel`) over an in-memory table: for the host tests of the
+    daemon's wiring (the real one runs against the kernel in tests/vm/test_routes.py)."""
+
+    def __init__(self, routes: list[Any] | None = None) -> None:
+        self.table: list[Any] = list(routes or [])  # mhd.routes.Route
+        self.writes = 0
+
+    def routes(self, table: int) -> list[Any]:
+        return [r for r in self.table if r.table == table]
+
+    def announced(self, table: int, protocol: int) -> set[Any]:
+        return {r.prefix for r in self.routes(table) if r.protocol == protocol}
+
+    def link(self, name: str) -> None:
+        return None
+
+    def apply_routes(self, ops: Any, table: int, protocol: int) -> list[Any]:
+        from mhd.routes import ROUTE_TYPE, Route
+
+        for op in ops:
+            self.writes += 1
+            route = Route(op.prefix, table, protocol, ROUTE_TYPE)
+            if op.kind == "add-route":
+                self.table.append(route)
+            else:
+                self.table = [r for r in self.table if (r.prefix, r.table, r.protocol) != route[:3]]
+        return []
+
+    def close(self) -> None:
+        pass

@@ -23,6 +23,7 @@ LAYERS: dict[str, str] = {
     "mhd.membership": "core",
     "mhd.announce": "core",
     "mhd.advice": "core",
+    "mhd.sysctl_policy": "core",
     "mhd.config": "core",
     "mhd.maglev": "core",
     "mhd.importers": "core",
@@ -36,6 +37,7 @@ LAYERS: dict[str, str] = {
     "mhd.probing": "probing",
     "mhd.reconcile": "shell",
     "mhd.daemon": "shell",
+    "mhd.announcer": "shell",
     "mhd.api": "api",
     "mhd.ctl": "ctl",
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhd.announce import Prefix
+from mhd.announce import Prefix, route_key_problems
 from mhd.routes import (
     RTN_BLACKHOLE,
     RTN_UNICAST,
@@ -19,7 +19,6 @@ from mhd.routes import (
     plan_addresses,
     plan_routes,
     read_owned,
-    validate,
     write_owned,
 )
 from mhd.state import StateDir
@@ -169,7 +168,7 @@ def test_owned_record_round_trips_atomically(tmp_path: Path) -> None:
 
 
 def test_validate_refuses_reserved_tables_and_protocols() -> None:
-    assert validate(100, 252) == []
-    problems = validate(254, 2)
+    assert route_key_problems(100, 252) == []
+    problems = route_key_problems(254, 2)
     assert "announce.table 254 (main)" in problems[0]
     assert "announce.protocol 2 (kernel)" in problems[1]

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from mhd.api import model
 from mhd.api.auth import TokenFile, authorize
+from mhd.api.fleet import FleetRoutes
 from mhd.api.listeners import REQUEST_TIMEOUT, Connection
 from mhd.api.metrics import Metrics
 from mhd.api.openapi import openapi
@@ -150,6 +151,7 @@ class Api:
         app.router.add_post("/v1/reload", self.post_reload)
         app.router.add_post("/v1/services/{name}/servers/{server}/disable", self.post_disable)
         app.router.add_post("/v1/services/{name}/servers/{server}/enable", self.post_enable)
+        FleetRoutes(self.daemon, self.authorize, describe_peer).add(app.router)
         app.router.add_get("/v1/openapi.json", self.get_openapi)
         app.router.add_get("/healthz", self.get_healthz)
         app.router.add_get("/metrics", self.get_metrics)

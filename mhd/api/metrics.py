@@ -40,8 +40,9 @@ from prometheus_client.registry import Collector
 
 from mhd import __version__
 from mhd.api import model
-from mhd.api.status import SERVICE_STATES, in_panic, service_state
+from mhd.api.status import in_panic
 from mhd.api.view import DaemonView
+from mhd.membership import SERVICE_STATES, service_state
 from mhd.model import PROTOCOL_NAMES, DestKey, Service, ServiceKey
 
 if TYPE_CHECKING:
@@ -298,12 +299,29 @@ class DaemonCollector(Collector):
         ]
         info = Family("mhd_build_info", "gauge", "mhd version", ("version",))
         info.add(plain(("version",), __version__), 1)
-        out = [info, ops, reloads]
+        out = [info, ops, reloads, *self._fleet_families()]
         for name, kind, doc, value in single:
             family = Family(name, kind, doc)  # type: ignore[arg-type]
             family.add(((), ""), value)
             out.append(family)
         return out
+
+    def _fleet_families(self) -> list[Family]:
+        """The drain flag, each VIP's announcement and each live mh service's table digest."""
+        fleet, plain = self.daemon.fleet, self.labels.plain
+        if fleet is None:
+            return []
+        drained = Family("mhd_drained", "gauge", "1 if an operator drained this director (routes withdrawn)")
+        drained.add(((), ""), int(fleet.drained))
+        vips = Family("mhd_vip_announced", "gauge", "1 if this director announces the VIP", ("vip",))
+        for vip, record in sorted(fleet.records.items(), key=lambda kv: (kv[0].version, int(kv[0]))):
+            vips.add(plain(("vip",), str(vip)), int(record.announced))
+        tables = Family(
+            "mhd_service_table_info", "gauge", "Digest of the mh table the kernel builds", ("service", "digest")
+        )
+        for name, doc in sorted(fleet.tables.items()):
+            tables.add(plain(("service", "digest"), name, str(doc["digest"])), 1)
+        return [drained, vips, tables]
 
     def _service(self, f: _Families, svc: ServiceConfig, disabled: set[str]) -> None:
         d = self.daemon

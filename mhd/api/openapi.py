@@ -95,6 +95,11 @@ def _schemas() -> dict[str, Any]:
                 "servers_up": INT,
                 "servers_in_kernel": INT,
                 "stats": _nullable(_ref("Stats")),
+                "table_digest": {
+                    **_nullable(STR),
+                    "description": "mh services in IPVS: digest of the table the kernel builds from the "
+                    "live list; equal digests on two directors mean they send every client to the same server",
+                },
                 "servers": {"type": "array", "items": _ref("Server")},
             }
         ),
@@ -110,7 +115,64 @@ def _schemas() -> dict[str, Any]:
                 "summary": STR,
             }
         ),
-        "Status": _obj({"daemon": _ref("Daemon"), "services": {"type": "array", "items": _ref("Service")}}),
+        "Status": _obj(
+            {
+                "daemon": _ref("Daemon"),
+                "services": {"type": "array", "items": _ref("Service")},
+                "fleet": _ref("Fleet"),
+            }
+        ),
+        "Fleet": _obj(
+            {
+                "drained": BOOL,
+                "withdrawn": {**BOOL, "description": "no route announced and no failed route write"},
+                "announce": _nullable(
+                    _obj(
+                        {
+                            "table": INT,
+                            "protocol": INT,
+                            "vip_interface": _nullable(STR),
+                            "hold_down": NUM,
+                            "panic": {"type": "string", "enum": ["announce", "withdraw"]},
+                        }
+                    )
+                ),
+                "vips": {
+                    "type": "array",
+                    "items": _obj({"vip": STR, "announced": BOOL, "reason": STR, "since": _nullable(NUM)}),
+                },
+                "route_writes": INT,
+                "failures": {"type": "array", "items": STR},
+                "foreign": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "VIPs on the interface not added by mhd",
+                },
+                "sysctl": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "name": STR,
+                            "desired": INT,
+                            "current": _nullable(INT),
+                            "drift": BOOL,
+                            "error": _nullable(STR),
+                        }
+                    ),
+                },
+                "sysctl_repairs": INT,
+            }
+        ),
+        "DirectorDrain": _obj({"drained": BOOL, "withdrawn": BOOL}),
+        "Tables": _obj(
+            {
+                "services": {
+                    "type": "object",
+                    "description": "service name -> its table's digest and inputs (mhctl compare)",
+                    "additionalProperties": {"type": "object"},
+                }
+            }
+        ),
         "Health": _obj({"ok": BOOL, "last_reconcile_age": NUM, "limit": NUM}, ["ok"]),
         "Drain": _obj({"service": STR, "server": STR, "disabled": BOOL}),
         "Table": _obj(
@@ -138,6 +200,23 @@ def _drain(verb: str) -> dict[str, Any]:
                 "401": ERROR,
                 "403": ERROR,
                 "404": _json("no such service or server", "Error"),
+                "413": ERROR,
+            },
+        }
+    }
+
+
+def _director(verb: str, what: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": f"{verb} this director: {what} (persisted in the state dir)",
+            "operationId": f"{verb}Director",
+            "security": [{}, {"bearer": []}],
+            "responses": {
+                "200": _json(f"{verb}ed", "DirectorDrain"),
+                "401": ERROR,
+                "403": ERROR,
+                "409": _json("the daemon is starting", "Error"),
                 "413": ERROR,
             },
         }
@@ -227,6 +306,15 @@ def _routes() -> dict[str, Any]:
                         "422": _json("the file is invalid; the running config is kept", "ReloadFailed"),
                         "504": ERROR,
                     },
+                }
+            },
+            "/v1/drain": _director("drain", "withdraw every route of this director; IPVS keeps serving"),
+            "/v1/undrain": _director("undrain", "announce again what health allows, without hold-down"),
+            "/v1/tables": {
+                "get": {
+                    "summary": "each live mh service's table digest and inputs (mhctl compare)",
+                    "operationId": "getTables",
+                    "responses": {"200": _json("the tables", "Tables")},
                 }
             },
             "/v1/services/{name}/servers/{server}/disable": _drain("disable"),

@@ -3,21 +3,18 @@
 Kept apart from the HTTP layer so that the same plain-JSON documents can be built in tests (and by any
 future consumer) from a daemon whose state was filled in by hand, with no server and no kernel.
 
-A service's `state` summarises what the operator must look at first, most severe first:
-
-- `down`: none of its servers is in the kernel (the VIP black-holes its traffic);
-- `panic`: the min-healthy guard fired, so unhealthy servers are kept in IPVS on purpose;
-- `degraded`: some enabled server is not up, or not in the kernel yet;
-- `ok`: every enabled server is up and in the kernel (operator-disabled servers do not count).
+A service's `state` is `mhd.membership.service_state`, the one rule the metrics and the
+announcement policy use too.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from mhd import __version__
+from mhd.api.fleet import fleet_status, table_digest
+from mhd.membership import service_state
 from mhd.model import (
     MH_FALLBACK,
     MH_PORT,
@@ -34,8 +31,6 @@ if TYPE_CHECKING:
     from mhd.api.view import DaemonView
     from mhd.config.records import ServerConfig, ServiceConfig
 
-ServiceState = Literal["ok", "degraded", "panic", "down"]
-SERVICE_STATES: tuple[str, ...] = ("ok", "degraded", "panic", "down")
 
 
 def flag_names(scheduler: str, flags: int) -> list[str]:
@@ -88,6 +83,7 @@ def status(daemon: DaemonView) -> dict[str, Any]:
     return {
         "daemon": daemon_status(daemon),
         "services": [service_status(daemon, svc, disabled.get(svc.name, set())) for svc in services],
+        "fleet": fleet_status(daemon),
     }
 
 
@@ -126,22 +122,9 @@ def service_status(daemon: DaemonView, svc: ServiceConfig, disabled: set[str]) -
         "servers_up": sum(1 for s in servers if s["health"] == "up"),
         "servers_in_kernel": sum(1 for s in servers if s["in_kernel"]),
         "stats": stats_json(observed.stats) if observed is not None else None,
+        "table_digest": table_digest(daemon, svc.name),
         "servers": servers,
     }
-
-
-def service_state(
-    any_in_kernel: bool, panic: bool, servers: Iterable[tuple[bool, bool, bool]]
-) -> ServiceState:
-    """The summary state (see the module docstring), for the status document and the metrics alike.
-
-    `servers` holds (up, in the kernel, disabled by an operator) for each configured server.
-    """
-    if not any_in_kernel:
-        return "down"
-    if panic:
-        return "panic"
-    return "ok" if all(off or (up and present) for up, present, off in servers) else "degraded"
 
 
 def in_panic(daemon: DaemonView, service: str) -> bool:

@@ -12,11 +12,12 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from mhd.announce import Decision, Record
 from mhd.config.checkspec import CheckSpec
 from mhd.config.records import Config
 from mhd.health import CheckResult, Health
 from mhd.maglev.params import Variant
-from mhd.model import DestKey, Service, ServiceKey
+from mhd.model import DestKey, IPAddress, Service, ServiceKey
 from mhd.reports import ReloadResult
 
 # A probe's identity, its due time (loop clock), its lag behind that (s) and its result.
@@ -67,8 +68,42 @@ class ProberView(Protocol):
     def counters(self, target: Any, /) -> ProbeCounters: ...
 
 
+class SysctlView(Protocol):
+    @property
+    def desired(self) -> Mapping[str, int]: ...
+    @property
+    def current(self) -> Mapping[str, int | None]: ...
+    @property
+    def repairs(self) -> int: ...
+    @property
+    def failures(self) -> Mapping[str, str]: ...
+
+
+class FleetView(Protocol):
+    """The fleet step (`mhd.announcer`): the drain flag, the announcement decision, the IPVS sysctls
+    and the table digests of the live mh services."""
+
+    @property
+    def drained(self) -> bool: ...
+    @property
+    def records(self) -> Mapping[IPAddress, Record]: ...
+    @property
+    def decision(self) -> Decision | None: ...
+    @property
+    def sysctls(self) -> SysctlView: ...
+    @property
+    def tables(self) -> Mapping[str, Mapping[str, Any]]: ...
+    @property
+    def failures(self) -> list[str]: ...
+    @property
+    def foreign(self) -> list[str]: ...
+    @property
+    def route_writes(self) -> int: ...
+    def withdrawn(self) -> bool: ...
+
+
 class DaemonView(Protocol):
-    """The daemon as its readers see it; the two writes are requests the daemon carries out."""
+    """The daemon as its readers see it; the writes are requests the daemon carries out."""
 
     @property
     def config(self) -> Config | None: ...
@@ -104,8 +139,11 @@ class DaemonView(Protocol):
     def hooks(self) -> list[Callable[[], None]]: ...  # called after every reconcile pass
     @property
     def probe_hooks(self) -> list[ProbeHook]: ...  # called after every probe
+    @property
+    def fleet(self) -> FleetView | None: ...
 
     def status_line(self) -> str: ...
     def health(self, service: str, server: DestKey) -> Health | None: ...
     def set_disabled(self, service: str, server: str, disabled: bool) -> str: ...
     def request_reload(self) -> asyncio.Future[ReloadResult]: ...
+    def set_drained(self, drained: bool) -> None: ...

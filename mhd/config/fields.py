@@ -23,6 +23,7 @@ DURATION_BOUNDS = {
     "reconcile-interval": (0.1, 3600.0),
     "check.interval": (0.01, 3600.0),
     "check.timeout": (0.001, 3600.0),
+    "announce.hold-down": (0.0, 3600.0),  # 0: re-announce as soon as the service is back
 }
 OTHER_DURATIONS = (0.001, 3600.0)  # a duration key not listed above: still finite and bounded
 T = TypeVar("T")

@@ -68,6 +68,7 @@ class ServiceConfig:
     check: CheckSpec
     min_healthy: MinHealthy = MinHealthy()
     adopt: bool = False  # take over a service already in IPVS that mhd does not own (README)
+    announce: tuple[IPAddress, ...] = ()  # fwmark services: the VIPs to announce (`announce:`)
 
     def service(self, members: set[DestKey] | None = None) -> Service:
         """The kernel service with `members` (default: every configured server) as destinations."""
@@ -102,6 +103,21 @@ class KernelConfig:
 
     module: str = "auto"  # auto | intree | backport
     mh_tab_index: int | None = None  # override detection of CONFIG_IP_VS_MH_TAB_INDEX
+    # `kernel.sysctl:` as written, short names (sloppy_tcp) -> value, None: left to the kernel.
+    # Laid over `mhd.sysctl_policy.DEFAULTS`; a tuple of pairs so the record stays hashable.
+    sysctl: tuple[tuple[str, int | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class AnnounceConfig:
+    """`announce:`: the routing table and route protocol of mhd's announcements, and their policy
+    (`mhd.announce.Options`)."""
+
+    table: int
+    protocol: int
+    vip_interface: str | None = None
+    hold_down: float = 30.0
+    announce_panic: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,7 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     api: ApiConfig = ApiConfig()
     kernel: KernelConfig = KernelConfig()
+    announce: AnnounceConfig | None = None  # None: this director announces nothing
 
     def by_name(self, name: str) -> ServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)

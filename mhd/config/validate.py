@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mhd.config.checks import CheckReader
 from mhd.config.checkspec import CheckSpec
+from mhd.config.fleet import FleetReader
 from mhd.config.records import (
     DEFAULT_STATE_DIR,
     ApiConfig,
@@ -109,7 +110,7 @@ def validate_services(items: Sequence[Located], file: str, inherited: Inherited)
 
 # --- validation -------------------------------------------------------------------------------------
 
-TOP_KEYS = ("services", "defaults", "reconcile-interval", "state-dir", "api", "kernel")
+TOP_KEYS = ("services", "defaults", "reconcile-interval", "state-dir", "api", "kernel", "announce")
 SERVICE_KEYS = (
     "name",
     "address",
@@ -125,14 +126,15 @@ SERVICE_KEYS = (
     "check",
     "min-healthy",
     "adopt",
+    "announce",
 )
 DEFAULT_KEYS = ("protocol", "scheduler", "mh-port", "mh-fallback", "forward", "check", "min-healthy")
 SERVER_KEYS = ("address", "port", "weight", "forward", "check")
 API_KEYS = ("listen", "socket", "socket-mode", "socket-group", "token-file")
-KERNEL_KEYS = ("module", "mh-tab-index")
+KERNEL_KEYS = ("module", "mh-tab-index", "sysctl")
 
 
-class _Validator(CheckReader):
+class _Validator(CheckReader, FleetReader):
     """Walks the located tree once, collecting every problem instead of stopping at the first."""
 
     def __init__(self, file: str, mh_slots: int | None) -> None:
@@ -161,6 +163,7 @@ class _Validator(CheckReader):
             state_dir = self.typed(top["state-dir"], str, "state-dir") or DEFAULT_STATE_DIR
         api = self.api(top["api"]) if "api" in top else ApiConfig()
         kernel = self.kernel(top["kernel"]) if "kernel" in top else KernelConfig()
+        announce = self.announce_config(top["announce"]) if "announce" in top else None
         if kernel.mh_tab_index is not None and self.mh_slots is None:
             self.mh_slots = mh_table_size(kernel.mh_tab_index)
         services: list[ServiceConfig] = []
@@ -175,7 +178,7 @@ class _Validator(CheckReader):
         elif top["services"].value is not None:
             self.error(top["services"], "services must be a list of services (- name: ...)")
         return (
-            Config(self.file, sha256, tuple(services), interval or 10.0, state_dir, api, kernel)
+            Config(self.file, sha256, tuple(services), interval or 10.0, state_dir, api, kernel, announce)
             if not self.problems
             else None
         )
@@ -229,6 +232,8 @@ class _Validator(CheckReader):
             )
         if "mh-tab-index" in m:
             k = replace(k, mh_tab_index=self.integer(m["mh-tab-index"], "kernel.mh-tab-index", 8, 17))
+        if "sysctl" in m and m["sysctl"].value is not None:
+            k = replace(k, sysctl=self.sysctl_map(m["sysctl"]))
         return k
 
     # services -----------------------------------------------------------------------------------
@@ -274,9 +279,10 @@ class _Validator(CheckReader):
         min_healthy = self.min_healthy(merged["min-healthy"]) if "min-healthy" in merged else MinHealthy()
         servers = self.servers(m.get("servers"), node, key, forward, check)
         adopt = "adopt" in m and self.boolean(m["adopt"], "adopt") is True
+        announce = self.announce_list(m["announce"], key) if "announce" in m else ()
         if len(self.problems) > start or key is None or name is None:
             return None
-        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy, adopt)
+        return ServiceConfig(name, key, scheduler, flags, tuple(servers), check, min_healthy, adopt, announce)
 
     def service_name(self, node: Located, m: dict[str, Located]) -> str | None:
         if "name" not in m:

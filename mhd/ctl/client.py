@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import http.client
 
 TIMEOUT = 75.0  # seconds: a reload waits up to 60s for the daemon's loop
+WITHDRAW_TIMEOUT = 60.0  # seconds `mhctl drain --wait` waits for the daemon to withdraw its routes
 
 
 class ClientError(Exception):
@@ -186,6 +187,29 @@ def cmd_disable(args: argparse.Namespace) -> None:
     print(f"{doc['service']} {doc['server']}: {verb}d")
 
 
+def cmd_drain(args: argparse.Namespace) -> None:
+    """Drain or undrain this director; `--wait`: until the daemon reports every route withdrawn, then
+    SECONDS more for the routers to converge (BGP withdrawal, the router's FIB)."""
+    verb = args.command
+    client = client_from(args)
+    code, doc = client.request("POST", f"/v1/{verb}")
+    if code != 200:
+        raise ClientError(error_of(code, doc))
+    print(f"{verb}ed")
+    if verb == "drain" and args.wait is not None:
+        deadline = time.monotonic() + WITHDRAW_TIMEOUT
+        while not doc.get("withdrawn"):
+            if time.monotonic() > deadline:
+                raise ClientError(f"routes still announced after {WITHDRAW_TIMEOUT:g}s: see mhctl status")
+            time.sleep(0.2)
+            code, status = client.request("GET", "/v1/status")
+            doc = status.get("fleet", {}) if code == 200 and isinstance(status, dict) else {}
+        print("every route withdrawn")
+        if args.wait > 0:
+            time.sleep(args.wait)
+            print(f"waited {args.wait:g}s for the routers")
+
+
 # --- the human table ---------------------------------------------------------------------------------
 
 
@@ -271,6 +295,29 @@ def format_header(daemon: dict[str, Any], c: Colors) -> list[str]:
     return lines
 
 
+def format_fleet(fleet: dict[str, Any] | None) -> list[str]:
+    """The fleet lines: drained or not, each VIP announced or not and why, sysctl drift."""
+    if not fleet:
+        return []
+    lines = []
+    if fleet.get("announce") or fleet.get("drained"):
+        state = "DRAINED" if fleet["drained"] else "announcing"
+        lines.append(
+            f"fleet   {state}" + (f", table {fleet['announce']['table']}" if fleet.get("announce") else "")
+        )
+    for vip in fleet.get("vips", []):
+        lines.append(
+            f"  vip {vip['vip']}  {'announced' if vip['announced'] else 'withdrawn'}  {vip['reason']}"
+        )
+    lines += [f"  route write failed: {f}" for f in fleet.get("failures", [])]
+    drift = [
+        f"{s['name']}={s['current']} (want {s['desired']})" for s in fleet.get("sysctl", []) if s["drift"]
+    ]
+    if drift:
+        lines.append("  sysctl drift: " + ", ".join(drift))
+    return lines
+
+
 SERVER_COLUMNS = ("SERVER", "HEALTH", "KERNEL", "DISABLED", "WEIGHT", "ACTIVE", "LAST CHECK")
 COLORED = {1, 2, 3}  # columns coloured by their word
 
@@ -291,7 +338,7 @@ def server_row(server: dict[str, Any], now: float) -> list[str]:
 def format_status(doc: dict[str, Any], c: Colors, now: float | None = None) -> str:
     """The `mhctl status` text: a header, then each service and a table of its servers."""
     now = time.time() if now is None else now
-    lines = format_header(doc["daemon"], c)
+    lines = format_header(doc["daemon"], c) + format_fleet(doc.get("fleet"))
     rows = {id(svc): [server_row(s, now) for s in svc["servers"]] for svc in doc["services"]}
     all_rows = [list(SERVER_COLUMNS)] + [r for rs in rows.values() for r in rs]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(SERVER_COLUMNS) - 1)]
@@ -299,6 +346,8 @@ def format_status(doc: dict[str, Any], c: Colors, now: float | None = None) -> s
         flags = f" ({', '.join(svc['flags'])})" if svc["flags"] else ""
         state = c.word(svc["state"])
         counts = f"{svc['servers_up']}/{svc['servers_total']} up, {svc['servers_in_kernel']} in IPVS"
+        if svc.get("table_digest"):
+            counts += f", table {svc['table_digest']}"
         lines += [
             "",
             f"{c.paint(svc['name'], 'bold')}  {svc['virtual']}  {svc['scheduler']}{flags}  {state}  {counts}",

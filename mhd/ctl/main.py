@@ -14,6 +14,7 @@ import sys
 from mhd import __version__
 from mhd.config.records import DEFAULT_SOCKET
 from mhd.ctl import client, offline
+from mhd.ctl import fleet as ctl_fleet
 from mhd.ctl import maglev as ctl_maglev
 from mhd.ctl.exits import run
 
@@ -72,10 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=client.cmd_reload)
     for verb in ("disable", "enable"):
-        c = sub.add_parser(verb, help=f"{verb} a server of a service (persists across restarts)", parents=[daemon])
+        c = sub.add_parser(
+            verb, help=f"{verb} a server of a service (persists across restarts)", parents=[daemon]
+        )
         c.add_argument("service")
         c.add_argument("server", help="10.0.0.1:80, 10.0.0.1 or [2001:db8::1]:80")
         c.set_defaults(func=client.cmd_disable)
+    c = sub.add_parser(
+        "drain", help="withdraw every route of this director (IPVS keeps serving)", parents=[daemon]
+    )
+    c.add_argument(
+        "--wait",
+        nargs="?",
+        const=0.0,
+        type=float,
+        metavar="SECONDS",
+        help="wait until every route is withdrawn, then SECONDS more for the routers to converge",
+    )
+    c.set_defaults(func=client.cmd_drain)
+    c = sub.add_parser(
+        "undrain", help="announce this director's VIPs again (as health allows)", parents=[daemon]
+    )
+    c.set_defaults(func=client.cmd_drain)
+    c = sub.add_parser(
+        "compare", help="whether several directors build the same Maglev tables (exit 1: they differ)"
+    )
+    c.add_argument("targets", nargs="+", metavar="TARGET", help="a daemon's unix socket or API URL")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=ctl_fleet.cmd_compare)
     return p
 
 

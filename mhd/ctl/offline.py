@@ -27,14 +27,28 @@ async def _client(config: Config) -> IpvsClient:
     return await IpvsClient.open()
 
 
+def print_advice(file: str, config: Config) -> None:
+    """Fleet warnings (`mhd.advice`) on stderr, each at its service's file:line; the exit status
+    stays the config's: a warning is something to consider, not an error."""
+    from mhd.advice import advise, positions
+    from mhd.config.yamlsource import parse, read
+
+    index = config.kernel.mh_tab_index or kernel.mh_tab_index()[0]
+    where = positions(file, parse(read(file).decode("utf-8"), file))
+    for advice in advise(config, index, where):
+        print(advice, file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     config = load_config(args.file)
     servers = sum(len(s.servers) for s in config.services)
+    print_advice(args.file, config)
     print(f"{args.file}: OK, {len(config.services)} services, {servers} servers")
 
 
 async def cmd_plan(args: argparse.Namespace) -> None:
     config = load_config(args.file)
+    print_advice(args.file, config)
     state = StateDir(args.state_dir or config.state_dir)
     client = await _client(config)
     try:
