@@ -137,7 +137,7 @@ def unexplained_breaks(fleet: Fleet, client: str, broken: Sequence[Sequence[Any]
     directors each flow visited; their connection entries do not tell reliably: a
     mid-connection packet scheduled by sloppy_tcp creates an entry in state CLOSE, which
     expires 10 s after the last packet of a broken flow.)"""
-    from mhd.maglev import MhDest, build_table
+    from mhd.maglev.table import MhDest, build_table
 
     s = fleet.spec
     tables = []
@@ -158,7 +158,7 @@ def unexplained_breaks(fleet: Fleet, client: str, broken: Sequence[Sequence[Any]
 
 def expected_share(fleet: Fleet) -> float:
     """Share of the 4093 slots on which the directors' tables do not all agree."""
-    from mhd.maglev import MhDest, build_table
+    from mhd.maglev.table import MhDest, build_table
 
     s = fleet.spec
     slots = []
