@@ -24,8 +24,12 @@ def service(
     check: str = NO_CHECK,
     weights: Mapping[str, int] | None = None,
     mh_port: bool = True,
+    forward: str | None = None,
+    min_healthy: int | str | None = None,
+    adopt: bool = False,
 ) -> str:
-    """One entry of `services:`; servers are addresses (the service's port), weight 1 unless given."""
+    """One entry of `services:`; servers are addresses (the service's port), weight 1 unless given.
+    `forward`, `min-healthy` and `adopt` are written only when given."""
     weights = weights or {}
     lines = [
         f"  - name: {name}",
@@ -33,6 +37,9 @@ def service(
         f"    port: {port}",
         f"    protocol: {protocol}",
         *(["    mh-port: true"] if mh_port else []),
+        *([f"    forward: {forward}"] if forward else []),
+        *([f"    min-healthy: {min_healthy}"] if min_healthy is not None else []),
+        *(["    adopt: true"] if adopt else []),
         f"    check: {check}",
         "    servers:",
     ]

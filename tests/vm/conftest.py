@@ -75,9 +75,10 @@ def venv_python() -> str:
     return nsh.venv_python()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def report(pytestconfig: pytest.Config) -> Callable[[str], None]:
-    """report(msg): print a line to the terminal now, past pytest's output capture (timings)."""
+    """report(msg): print a line to the terminal now, past pytest's output capture (timings).
+    Session-scoped, so module fixtures that build a shared testbed can report too."""
     capman = pytestconfig.pluginmanager.getplugin("capturemanager")
 
     def _report(msg: str) -> None:

@@ -765,6 +765,25 @@ class Fleet:
         rules += [f"-a -t {target} -r {self.servers[j].ip}:{s.port} -g -w 1" for j in order]
         nsh.ipvsadm(self.directors[i].ns, "-R", input="\n".join(rules) + "\n")
 
+    def ipvs_dests(self, i: int) -> list[str]:
+        """Director i's real servers of the TCP service VIP:PORT, in kernel order (the order its
+        Maglev table is built from), read in-process from /proc/net/ip_vs; [] without the service."""
+        s = self.spec
+        want = f"{socket.inet_aton(s.vip).hex().upper()}:{s.port:04X}"
+        with nsh.in_netns(self.directors[i].ns), open("/proc/thread-self/net/ip_vs") as f:
+            lines = f.read().splitlines()[3:]
+        dests: list[str] = []
+        inside = False
+        for line in lines:
+            w = line.split()
+            if not w:
+                continue
+            if w[0] != "->":
+                inside = w[0] == "TCP" and len(w) > 1 and w[1] == want
+            elif inside:
+                dests.append(socket.inet_ntoa(bytes.fromhex(w[1].split(":")[0])))
+        return dests
+
     # -- client ---------------------------------------------------------------------------
 
     def hold(self, count: int = 3000, *, interval: float = 10.0, timeout: float = 60.0,
