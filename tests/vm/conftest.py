@@ -16,6 +16,7 @@ Helpers (import from netns): see tests/vm/README.md.
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -42,10 +43,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not mine:
         return
     reason = _skip_reason()
+    slow_ok = os.environ.get("MHD_VM_SLOW", "") not in ("", "0")
     for it in mine:
         it.add_marker(pytest.mark.vm)
         if reason:
             it.add_marker(pytest.mark.skip(reason=reason))
+        elif it.get_closest_marker("slow") and not slow_ok:
+            it.add_marker(pytest.mark.skip(reason=SLOW_REASON))
+
+
+# The end-to-end runs that take many minutes each under emulation (the fleet behind a BGP router with
+# thousands of TCP connections, the kill-and-fault chains) run on demand, not in every CI run, which
+# must stay well inside its time budget: MHD_VM_SLOW=1 tests/vm/run tests/vm/test_fleet.py
+SLOW_REASON = "slow end-to-end run: set MHD_VM_SLOW=1 to run it (see tests/vm/README.md)"
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import netns as nsh
+import pytest
 from chaos import Chaos, Layout
+
+pytestmark = pytest.mark.slow
 
 
 def test_kills_and_faults_converge_to_a_clean_apply(

@@ -65,7 +65,10 @@ CHECK = configs.check_spec("tcp", SPEC.port, 1, 0.5, rise=2, fall=2)
 SYSCTLS = {"net.ipv4.vs.sloppy_tcp": 1, "net.ipv4.vs.conntrack": 0, "net.ipv4.vs.expire_nodest_conn": 1}
 HOLD_DOWN = 5.0
 
-pytestmark = pytest.mark.skipif(bird_unavailable_reason() is not None, reason=bird_unavailable_reason() or "")
+pytestmark = [
+    pytest.mark.skipif(bird_unavailable_reason() is not None, reason=bird_unavailable_reason() or ""),
+    pytest.mark.slow,
+]
 
 Report = Callable[[str], None]
 
