@@ -22,13 +22,13 @@ pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 is n
 
 
 def director_conf() -> str:
-    """etc/bird-mhd.conf as shipped, with this topology's addresses."""
-    text = (nsh.repo_root() / "etc" / "bird-mhd.conf").read_text()
+    """tests/vm/bird-director.conf (a compact director config; the commented one operators copy is etc/bird/mhd-director.conf), with this topology's addresses."""
+    text = (nsh.repo_root() / "tests" / "vm" / "bird-director.conf").read_text()
     for old, new in (
         ("router id 192.0.2.11;", "router id 10.9.0.1;"),
         ("neighbor 192.0.2.1 as", "neighbor 10.9.0.2 as"),
     ):
-        assert old in text, f"etc/bird-mhd.conf no longer has {old!r}: update this test"
+        assert old in text, f"tests/vm/bird-director.conf no longer has {old!r}: update this test"
         text = text.replace(old, new)
     assert f"kernel table {TABLE};" in text and f"krt_source = {PROTO};" in text
     return "log stderr all;\n" + text
