@@ -8,7 +8,10 @@ with nothing changed writes no route. The sysctls are read and repaired the same
 (`mhd.sysctl.sync`). The drain flag is a small JSON file in the state dir (`drain.json`), read at
 start: a drained director that restarts stays drained.
 
-The route edge is synchronous (pyroute2's IPRoute): it runs in a worker thread, one step at a time.
+The route edge is synchronous (pyroute2's IPRoute): it runs in one thread of its own, which opens,
+uses and closes the socket. pyroute2 0.9's IPRoute hangs a thread that is using it for ever when
+another thread closes it, and that thread then holds the process at exit: a SIGTERM that cancels a
+step must not close the socket under it, so the close queues behind the step in the same thread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from mhd.sysctl_policy import PREFIX, Change, effective
 log = logging.getLogger("mhd.fleet")
 
 DRAIN_FILE = "drain.json"
+CLOSE_TIMEOUT = 5.0  # seconds a stop waits for a route step in flight
 DRAIN_FIX = (
     'it records whether an operator drained this director: write {"drained": false} or remove it to undrain'
 )
@@ -106,6 +111,7 @@ class Announcer:
         self._kernel: routes.Kernel | None = None
         self._where: tuple[int, int] | None = None  # the (table, protocol) the records describe
         self._lock = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="mhd-routes")  # owns `_kernel`
 
     # --- drain -----------------------------------------------------------------------------------
     def set_drained(self, drained: bool) -> None:
@@ -131,7 +137,8 @@ class Announcer:
         async with self._lock:
             self._sysctls(config)
             if config.announce is not None or self._where is not None:
-                await asyncio.to_thread(self._announce, config.announce, healths, time.time())
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._announce, config.announce, healths, time.time())
 
     def due(self, now: float) -> bool:
         """Whether a hold-down has expired since the last step (the daemon then runs one)."""
@@ -233,7 +240,17 @@ class Announcer:
         self._table_inputs = {n: v for n, v in self._table_inputs.items() if n in wanted}
         self.tables = {n: doc for n, (_, doc) in self._table_inputs.items()}
 
-    def close(self) -> None:
+    async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the route socket in its own thread, after the step in flight (a SIGTERM may have
+        cancelled the await, not the thread). A step stuck in the kernel is logged and left."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._thread, self._close_kernel), timeout)
+        except TimeoutError:
+            log.error("the route thread is still busy after %gs: stopping without closing its socket", timeout)
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def _close_kernel(self) -> None:
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -45,6 +46,10 @@ from mhd.reports import ReloadResult
 from mhd.state import StateDir, StateError, StateFileError
 
 log = logging.getLogger("mhd")
+
+# seconds from SIGTERM to a forced exit: under systemd's TimeoutStopSec (20 s), so the journal gets
+# our stacks rather than a bare SIGKILL. A clean stop takes well under a second.
+STOP_DEADLINE = 15.0
 
 
 def targets(services: Iterable[ServiceConfig]) -> dict[tuple[str, DestKey], Target]:
@@ -87,8 +92,9 @@ class ErrorLog:
 class Daemon:
     """The long-running state: config, kernel client, prober, last outcome."""
 
-    def __init__(self, config_path: str, state_dir: str | None = None) -> None:
+    def __init__(self, config_path: str, state_dir: str | None = None, *, stop_deadline: float | None = None) -> None:
         self.config_path = config_path
+        self.stop_deadline = stop_deadline  # the process's (`main`), not an embedding test's
         self.state_dir_override = state_dir
         self.config: Config | None = None
         self.loaded_at = 0.0
@@ -113,7 +119,7 @@ class Daemon:
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self._reload_requested = False
         self._pending: set[ServiceKey] = set()
-        self._main: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None  # `run`, cancelled by `stop`
         self._reloader = ConfigReloader()
         self._load_errors, self._loop_errors = ErrorLog(), ErrorLog()
         self.hooks: list[Callable[[], None]] = []  # called after every reconcile (metrics, status)
@@ -435,15 +441,21 @@ class Daemon:
                 delay = min(delay * 2, 5.0)
 
     def stop(self) -> None:
-        """SIGTERM/SIGINT: stop now, even in the middle of a pass over 16,000 destinations.
+        """SIGTERM/SIGINT: stop now, even in the middle of the first pass over 100,000 destinations.
 
         Cancelling a pass is safe: the kernel keeps whatever it was given, and the next start (or
-        any `mhctl apply`) plans against a fresh dump and finishes the job.
+        any `mhctl apply`) plans against a fresh dump and finishes the job. A stop that still hangs
+        (a thread stuck in the kernel) ends the process after `stop_deadline` with every thread's
+        stack in the log, rather than leaving systemd to kill it silently.
         """
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
-        if self._main is not None and not self._main.done():
-            self._main.cancel()
+        if self.stop_deadline is not None:
+            faulthandler.dump_traceback_later(self.stop_deadline, exit=True)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def set_disabled(self, service: str, server: str, disabled: bool) -> str:
         """Drain (or undrain) a server: persisted in the state dir, applied by the next pass (now).
@@ -491,6 +503,7 @@ class Daemon:
         self.state.lock()
         self.fleet = Announcer(self.state)
         self.client = await IpvsClient.open()
+        self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -523,9 +536,11 @@ class Daemon:
             every = sdnotify.watchdog_interval()
             if every:
                 tasks.append(asyncio.create_task(self._watchdog(every)))
-            self._main = asyncio.create_task(self.main_loop())
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            await self.main_loop()
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
             sdnotify.notify("STOPPING=1")
             for task in tasks:
@@ -534,7 +549,7 @@ class Daemon:
                 await close()
             await self.prober.stop()
             self.client.close()
-            self.fleet.close()
+            await self.fleet.aclose()
             self.state.unlock()
         log.info("stopped; IPVS, routes and addresses left as they are")
         return 0
@@ -575,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     soft, _ = raise_fd_limit()
     if soft < 4096:
         log.warning("only %d file descriptors allowed (RLIMIT_NOFILE): probes beyond that wait (not counted against servers); raise LimitNOFILE", soft)
-    daemon = Daemon(find_config(args.config), args.state_dir)
+    daemon = Daemon(find_config(args.config), args.state_dir, stop_deadline=STOP_DEADLINE)
     try:
         from mhd.api import server as api
 

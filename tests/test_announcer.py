@@ -167,3 +167,50 @@ def test_a_new_table_takes_the_routes_and_the_old_one_is_emptied(tmp_path: Path)
     step(d)
     assert mine(kernel) == set() and FOREIGN in kernel.table
     assert kernel.announced(101, 250) == {VIP, MARKED}
+
+
+class SlowRoutes(FakeRoutes):
+    """A route edge that records which thread uses it, and whose dump takes a while: a step is in
+    flight when the daemon stops."""
+
+    def __init__(self) -> None:
+        super().__init__([FOREIGN])
+        self.calls: list[tuple[str, int, float]] = []
+
+    def routes(self, table: int) -> list[object]:
+        import threading
+        import time
+
+        self.calls.append(("routes", threading.get_ident(), time.monotonic()))
+        time.sleep(0.3)
+        return super().routes(table)
+
+    def close(self) -> None:
+        import threading
+        import time
+
+        self.calls.append(("close", threading.get_ident(), time.monotonic()))
+
+
+def test_a_stop_during_a_step_closes_the_route_socket_after_it_in_its_own_thread(tmp_path: Path) -> None:
+    """pyroute2 0.9's IPRoute hangs the thread using it when another thread closes it, and that
+    thread then keeps the process from exiting (a CI run saw `mhd` ignore SIGTERM for 60 s)."""
+    kernel = SlowRoutes()
+    d = director(tmp_path, kernel)
+    d.refresh()
+    assert d.fleet is not None
+    fleet = d.fleet
+
+    async def stop_mid_step() -> None:
+        task = asyncio.create_task(d._fleet_step())
+        await asyncio.sleep(0.1)  # the step's thread is in the kernel's dump now
+        task.cancel()  # what SIGTERM does to the daemon's run
+        await asyncio.gather(task, return_exceptions=True)
+        await fleet.aclose()
+
+    asyncio.run(stop_mid_step())
+    assert kernel.calls[-1][0] == "close"
+    used = {ident for what, ident, _ in kernel.calls}
+    assert len(used) == 1  # opened, used and closed by the same thread
+    last_dump = max(t for what, _, t in kernel.calls if what == "routes")
+    assert kernel.calls[-1][2] >= last_dump + 0.3 - 0.05  # after the step in flight ended

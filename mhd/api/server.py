@@ -31,6 +31,10 @@ from mhd.api.metrics import Metrics
 from mhd.api.view import DaemonView
 from mhd.config.validate import parse_listen
 
+# seconds a stop waits for requests in flight (aiohttp's default is 60, past systemd's stop timeout):
+# every request but a `drain --wait` answers in well under a second.
+SHUTDOWN_TIMEOUT = 3.0
+
 log = logging.getLogger("mhd.api")
 
 # Connections served at once (see `listeners.Admission`), and the share of them TCP clients may hold.
@@ -100,6 +104,8 @@ async def start(daemon: DaemonView) -> Closer:
 
 async def _serve(app: web.Application) -> web.AppRunner:
     # No access log: Prometheus scrapes would flood it.
-    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_REQUEST_LINE)
+    runner = web.AppRunner(
+        app, access_log=None, max_line_size=MAX_REQUEST_LINE, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
     await runner.setup()
     return runner

@@ -269,8 +269,7 @@ def test_many_explicit_client_addresses(
 
 
 def test_mhd_cmd_runs_in_namespace(netns: nsh.NetnsFactory, repo_root: Path) -> None:
-    if not (repo_root / "mhd" / "ctl.py").exists():
-        pytest.skip("mhd/ctl/main.py does not exist yet")
+    assert (repo_root / "mhd" / "ctl" / "main.py").exists()
     ns = netns("ctl")
     proc = nsh.mhd_cmd(ns, "--help", check=False)
     assert proc.returncode == 0, proc.stderr
