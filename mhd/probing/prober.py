@@ -43,6 +43,7 @@ from typing import Any
 
 from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult, Health, Transition, inconclusive, initial, observe, probe_interval
+from mhd.probing.faults import FaultWatch
 from mhd.probing.tcp import Probes
 from mhd.probing.timers import Timers, Token, timers
 
@@ -127,6 +128,11 @@ def next_due(due: float, now: float, interval: float) -> float:
     return due
 
 
+def _idle(check: _Check) -> bool:
+    """A `none` check whose servers are all up has nothing to probe (see `Prober._first`)."""
+    return check.key[0].type == "none" and all(s.health.state == "up" for s in check.slots.values())
+
+
 def _interval(check: _Check) -> float:
     """The shortest interval that a server of the check asks for (`mhd.health.probe_interval`)."""
     spec = check.key[0]
@@ -136,6 +142,8 @@ def _interval(check: _Check) -> float:
 
 
 STALL_WARN_EVERY = 60.0  # seconds between two warnings about a stalled loop (or about local faults)
+AUDIT_EVERY = 5.0  # seconds between two audits of the schedule (see `Prober._audit`)
+LOST_AFTER = 2.0  # seconds past its timeout after which a probe in flight is taken as lost
 
 
 class Prober:
@@ -157,6 +165,9 @@ class Prober:
         self._probes: Probes | None = None
         self._warned: dict[str, float] = {}  # loop time of the last warning, per cause
         self._unwarned: dict[str, int] = {}  # inconclusive probes since then, per cause
+        self._faults = FaultWatch()  # when the director last met a fault of its own
+        self._audit_timer: asyncio.TimerHandle | None = None
+        self.lost = 0  # probes found lost or checks found unscheduled by the audit
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -239,12 +250,18 @@ class Prober:
         self._timers = timers(loop)
         self._probes = Probes(loop)
         self._running = True
+        self._faults.install(loop)
+        self._audit_timer = loop.call_later(AUDIT_EVERY, self._audit)
         for check in self._checks.values():
             self._first(check)
 
     async def stop(self) -> None:
         """Cancel every probe and wait for them: exec probes kill and reap their children."""
         self._running = False
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+            self._audit_timer = None
+        self._faults.uninstall()
         for check in self._checks.values():
             self._cancel(check)
         probes, self._probes = self._probes, None
@@ -263,7 +280,7 @@ class Prober:
 
     def _first(self, check: _Check) -> None:
         assert self._loop is not None
-        if check.key[0].type == "none" and all(s.health.state == "up" for s in check.slots.values()):
+        if _idle(check):
             # No check: up from the start (mhd.health.initial) and nothing to probe. Probing it
             # anyway cost a 16,000-server director 8,000 empty callbacks a second.
             return
@@ -307,16 +324,51 @@ class Prober:
         check.probe = None
         spec = check.key[0]
         if result.local:
+            self._faults.note(ended)
             self._inconclusive(check, result)
             return
         if result.timed_out:
             assert self._timers is not None
+            if self._faults.at >= ended - result.latency:  # short of memory meanwhile: see FaultWatch
+                detail = f"{result.detail}, while the director was short of resources"
+                self._inconclusive(check, result._replace(local=True, detail=detail))
+                return
             stalled = self._timers.stalled(ended - result.latency, ended)
             if inconclusive(result, stalled, spec.timeout):
                 self._inconclusive(check, result, stalled)
                 return
         self._deliver(check, result)
         self._schedule(check, next_due(check.slot, self._loop.time(), _interval(check)))
+
+    def _audit(self) -> None:
+        """Level-triggered, like the reconcile loop: every check is either waiting for its slot or
+        has a probe in flight that will end by its timeout. A callback that failed half-way (a
+        MemoryError in the loop, say) could leave a check with neither, and it would never be
+        probed again: such a check, or a probe far past its timeout, is started over here."""
+        assert self._loop is not None and self._probes is not None
+        now = self._loop.time()
+        lost: list[_Check] = []
+        try:
+            for check in list(self._checks.values()):
+                if check.probe is not None:
+                    if now - (check.due + check.lag) <= check.key[0].timeout + LOST_AFTER:
+                        continue
+                    self._probes.cancel(check.probe)
+                    check.probe = None
+                elif check.alarm is not None or _idle(check):
+                    continue
+                lost.append(check)
+                self._schedule(check, next_due(check.slot, now, _interval(check)))
+        finally:
+            if lost:
+                self.lost += len(lost)
+                log.warning(
+                    "%d health checks had been lost by a failure of the director's own (the first: "
+                    "%s port %d) and were started again",
+                    len(lost), lost[0].key[1], lost[0].key[2],
+                )  # fmt: skip
+            if self._running:
+                self._audit_timer = self._loop.call_later(AUDIT_EVERY, self._audit)
 
     def _inconclusive(self, check: _Check, result: CheckResult, stalled: float = 0.0) -> None:
         """A timeout while the loop stood still, or a fault of the director's own, is not the

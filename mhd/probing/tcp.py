@@ -228,6 +228,13 @@ class Probes:
     def _sweep(self, q: _Deadlines) -> None:
         """Time out the connects of ``q`` past their deadline, after taking in every completion."""
         q.sweep = None
+        try:
+            self._expire(q)
+        finally:  # armed again whatever happened, or the rest of the queue would never time out
+            if q.entries and q.sweep is None:
+                q.sweep = self._timers.call_at(q.entries[0][0], self._sweep, q)
+
+    def _expire(self, q: _Deadlines) -> None:
         while self._drain() == _POLL_MAX:
             pass
         now = self._loop.time()
@@ -249,8 +256,6 @@ class Probes:
                 except Exception:
                     log.exception("probe callback failed")
             entries.popleft()
-        if entries and q.sweep is None:
-            q.sweep = self._timers.call_at(entries[0][0], self._sweep, q)
 
 
 _IMMEDIATE = object()

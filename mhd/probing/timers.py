@@ -75,21 +75,25 @@ class Timers:
         self._timer, self._timer_at = None, math.inf
         heap = self._heap
         fired = 0
-        while heap and heap[0][0] <= now:
-            token = heapq.heappop(heap)[2]
-            callback = token[0]
-            if callback is not None:
-                token[0] = EXPIRED
-                try:
-                    callback(token[1])
-                except Exception:
-                    log.exception("timer callback failed")
-                fired += 1
-                if not fired % 64 and clock() - started > FIRE_BUDGET:
-                    self._arm(clock())  # the rest after the loop has looked at its sockets
-                    return
-        if heap:
-            self._arm(max(min(heap[0][0], now + HEARTBEAT), now + TICK))
+        try:
+            while heap and heap[0][0] <= now:
+                token = heapq.heappop(heap)[2]
+                callback = token[0]
+                if callback is not None:
+                    token[0] = EXPIRED
+                    try:
+                        callback(token[1])
+                    except Exception:
+                        log.exception("timer callback failed")
+                    fired += 1
+                    if not fired % 64 and clock() - started > FIRE_BUDGET:
+                        self._arm(clock())  # the rest after the loop has looked at its sockets
+                        return
+        finally:
+            # Even when this went wrong (a MemoryError in the logging above): a heap left unarmed
+            # would never fire again, and every probe of the daemon would stop.
+            if heap and self._timer is None:
+                self._arm(max(min(heap[0][0], now + HEARTBEAT), now + TICK))
 
     def stalled(self, start: float, end: float) -> float:
         """See `StallLog.longest`."""
