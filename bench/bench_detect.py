@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,39 +104,63 @@ class Servers:
             self.down(*key)
 
 
-async def all_present(client: IpvsClient, total: int, limit: float) -> None:
+async def all_present(client: IpvsClient, total: int, limit: float) -> float:
     start = time.monotonic()
     while sum(len(s.dests) for s in (await client.services()).values()) < total:
         if time.monotonic() - start > limit:
             raise SystemExit(f"not every destination reached the kernel within {limit:g}s")
         await asyncio.sleep(1.0)
+    return time.monotonic() - start
 
 
-async def kills(args: argparse.Namespace) -> list[float]:
-    """The kills of one run, against the daemon already started; detection times in seconds."""
+def log_window(log: Path, start: float, end: float) -> list[str]:
+    """The daemon's log lines stamped within [start, end] (wall clock; asctime has ms)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if start <= stamp <= end:
+            out.append(line)
+    return out
+
+
+async def kills(args: argparse.Namespace, late: float, log: Path) -> list[float]:
+    """The kills of one run, against the daemon already started; detection times in seconds.
+    A kill detected later than `late` s prints the daemon's log over its span."""
     rng = random.Random(args.seed)  # the same victims and pauses in both runs
     servers = Servers(args.services, args.per)
     with nsh.in_netns(DIRECTOR):
         client = await IpvsClient.open()
     out = []
     try:
-        await all_present(client, args.services * args.per, 600)
+        took = await all_present(client, args.services * args.per, 600)
+        print(f"  every destination in IPVS after {took:.0f}s; settling {args.settle:g}s", flush=True)
+        await asyncio.sleep(args.settle)
         for k in range(args.kills):
             i, j = rng.randrange(args.services), rng.randrange(args.per)
             key = ServiceKey(2, protocol=6, address=parse_ip(VIP), port=BASE_PORT + i)
             await asyncio.sleep(rng.uniform(0, args.interval))  # a random phase of the interval
+            killed = time.time()
             servers.down(i, j)
             out.append(await wait(client, key, server(j), False, 60, every=POLL))
             servers.up(i, j)
             back = await wait(client, key, server(j), True, 60, every=POLL)
             print(f"  kill {k + 1}: s{i:02d} {server(j)} removed after {out[-1]:.3f}s, readmitted after {back:.3f}s", flush=True)  # fmt: skip
+            if out[-1] > late:
+                print(
+                    f"  late (> {late:.2f}s); killed at {datetime.fromtimestamp(killed).time()}, the daemon's log:"
+                )
+                for line in log_window(log, killed - 0.5, time.time()):
+                    print(f"    {line}")
     finally:
         client.close()
         servers.close()
     return out
 
 
-def run(args: argparse.Namespace, fast: str | None, work: Path) -> list[float]:
+def run(args: argparse.Namespace, fast: str | None, late: float, work: Path) -> list[float]:
     name = f"fast-{fast}" if fast else "no-fast"
     cfg = work / f"{name}.yaml"
     cfg.write_text(config(args.services, args.per, args, fast))
@@ -147,7 +172,7 @@ def run(args: argparse.Namespace, fast: str | None, work: Path) -> list[float]:
     )  # fmt: skip
     start = time.monotonic()
     try:
-        return asyncio.run(kills(args))
+        return asyncio.run(kills(args, late, work / f"{name}.log"))
     except BaseException:
         print((work / f"{name}.log").read_text()[-4000:], file=sys.stderr)
         raise
@@ -180,6 +205,9 @@ def main() -> int:
     p.add_argument("--rise", type=int, default=2)
     p.add_argument("--fast", default="500ms", help="the fast-interval of the first run")
     p.add_argument("--seed", type=int, default=14)
+    p.add_argument(
+        "--settle", type=float, default=20.0, help="seconds between the start-up and the first kill"
+    )
     args = p.parse_args()
     setup(args.per)
     work = Path(tempfile.mkdtemp(prefix="mhd-detect-"))
@@ -188,8 +216,8 @@ def main() -> int:
     try:
         for fast, pace in ((args.fast, fast_s), (None, args.interval)):
             print(f"run: fast-interval {fast or 'unset (= interval)'}", flush=True)
-            times = run(args, fast, work)
             base = (args.fall - 1) * pace  # after the first failed probe
+            times = run(args, fast, base + args.interval + 0.5, work)
             rows.append((fast or "unset", figures(times), (base + args.interval / 2, base + 0.99 * args.interval, base + args.interval)))  # fmt: skip
     finally:
         for ns in (DIRECTOR, SERVERS_NS):
