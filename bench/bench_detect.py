@@ -222,6 +222,9 @@ def main() -> int:
     finally:
         for ns in (DIRECTOR, SERVERS_NS):
             nsh.delete_netns(ns)
+        # IPVS's estimator kthreads calibrate when the first service appears (Linux >= 6.2)
+        ipvs = [line for line in nsh.run(["dmesg"], check=False).stdout.splitlines() if "IPVS" in line]
+        print("kernel:", *ipvs[-12:], sep="\n  ")
     print(f"\n{args.kills} kills per run, {args.services} services x {args.per} servers, TCP check, interval "
           f"{args.interval:g}s, timeout {args.timeout:g}s, fall {args.fall}, rise {args.rise}; seconds from the kill to "
           f"the destination leaving IPVS (theory: U(0, interval) + (fall - 1) x pace)")  # fmt: skip
