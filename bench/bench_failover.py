@@ -99,12 +99,15 @@ async def in_kernel(client: IpvsClient, key: ServiceKey, server: str) -> bool:
     return svc is not None and any(str(d.key.address) == server for d in svc.dests)
 
 
-async def wait(client: IpvsClient, key: ServiceKey, server: str, present: bool, limit: float) -> float:
+async def wait(
+    client: IpvsClient, key: ServiceKey, server: str, present: bool, limit: float, every: float = 0.01
+) -> float:
+    """Seconds until `server` is (or is no longer) a destination of `key`, polled `every` s."""
     start = time.monotonic()
     while time.monotonic() - start < limit:
         if await in_kernel(client, key, server) == present:
             return time.monotonic() - start
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
     raise SystemExit(f"{server} did not {'return' if present else 'leave'} within {limit}s")
 
 
