@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -31,6 +32,25 @@ def test_bundled_example_is_valid() -> None:
     assert web.check.type == "http" and web.check.path == "/healthz" and web.check.rise == 2
     assert web.flags == MH_PORT
     assert config.reconcile_interval == 10.0
+
+
+def test_the_examples_commented_out_in_the_default_check_are_valid_as_written() -> None:
+    """An operator uncomments a suggestion and reloads: it must be accepted next to the defaults
+    around it (`fast-interval: 500ms` beside `timeout: 1s` was not)."""
+    lines, inside, uncommented = [], False, 0
+    for line in (REPO / "etc" / "mhd.yaml").read_text().splitlines():
+        if line == "  check:":
+            inside = True
+        elif inside and line[:3].strip() and not line.startswith("    "):
+            inside = False
+        match = re.match(r"^(    )# ([a-z-]+: .*)$", line) if inside else None
+        if match:
+            line, uncommented = match[1] + match[2], uncommented + 1
+        lines.append(line)
+    assert uncommented >= 4
+    config = loads("\n".join(lines) + "\n", "mhd.yaml")
+    checks = [s.check for svc in config.services for s in svc.servers]
+    assert any(c.fast_interval is not None and c.down_interval is not None for c in checks)
 
 
 def test_unknown_key_suggests_the_right_one() -> None:
