@@ -94,11 +94,20 @@ def key(vip):
     return ServiceKey(socket.AF_INET, protocol=socket.IPPROTO_TCP, address=ipaddress.ip_address(vip), port=80)
 
 def total():
+    # (destinations, services not yet `mh`): mhd creates a service with `none` and switches it to
+    # `mh` once its servers are in, so until then the service does not hash to them.
+    dests = staged = 0
     with open("/proc/net/ip_vs") as f:
-        return sum(1 for line in f if line.startswith("  -> ") and "RemoteAddress" not in line)
+        for line in f:
+            if line.startswith("  -> "):
+                dests += "RemoteAddress" not in line
+            elif line.startswith(("TCP ", "UDP ")):
+                staged += line.split()[2] != "mh"
+    return dests, staged
 """
 
-# Until the last service has all its servers (cheap), then until /proc/net/ip_vs holds them all.
+# Until the last service has all its servers (cheap), then until /proc/net/ip_vs holds them all,
+# in services that are all `mh`.
 WAIT_DESTS = WATCH_PRELUDE + r"""
 async def main():
     last, per, want, deadline = key(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), time.time() + float(sys.argv[4])
@@ -107,9 +116,12 @@ async def main():
     while time.time() < deadline:
         try:
             full = len(await client.dests(last)) >= per
-        except OSError:  # no such service yet
+        except Exception:  # no such service yet (the kernel answers an empty dump, but be safe)
             full = False
-        if full and total() >= want:
+        if full:
+            dests, staged = total()
+            full = dests >= want and not staged
+        if full:
             print(time.time())
             return 0
         await asyncio.sleep(0.05)
@@ -263,9 +275,10 @@ def apply_part(args: argparse.Namespace, work: Path, report: list[tuple[str, str
     mh.ready()
     cfg = work / "apply.yaml"
     cfg.write_text(config(n, per))
-    ctl_s, _ = converge(ctl_ns, want, last, per, lambda: subprocess.Popen(
+    ctl_s, ctl = converge(ctl_ns, want, last, per, lambda: subprocess.Popen(
         ["ip", "netns", "exec", ctl_ns, PY, "-m", "mhd.ctl", "apply", "-q", str(cfg), "--state-dir",
          str(work / "ctl-state")], cwd=REPO))  # fmt: skip
+    ctl.wait(600)  # type: ignore[attr-defined]  # its last writes (state dir) before the flush
     flush(ctl_ns)
     print(f"start to converged, {want} destinations: keepalived {ka_s:.2f}s, mhd daemon {mh_s:.2f}s,"
           f" mhctl apply {ctl_s:.2f}s")  # fmt: skip
