@@ -288,16 +288,22 @@ def apply_part(args: argparse.Namespace, work: Path, report: list[tuple[str, str
     # The same act for both: the file edited, then SIGHUP; and `mhctl reload` (a fresh Python that asks
     # the API and waits for the answer) for what an operator types.
     ka_r, mh_r, ctl_r = [], [], []
-    for weight in range(3, 3 + 2 * args.reloads, 2):
-        ka.conf.write_text(keepalived_conf(n, per, bump=bump, weight=weight))
-        ka_r.append(weight_shown(ka_ns, vip(bump), bumped, weight, lambda: os.kill(ka.proc.pid, signal.SIGHUP)))
-        mh.conf.write_text(config(n, per, bump=bump, weight=weight, sock=mh.sock))
-        mh_r.append(weight_shown(mh_ns, vip(bump), bumped, weight, lambda: os.kill(mh.proc.pid, signal.SIGHUP)))
-        time.sleep(1)  # the daemon answers READY=1 after the pass; let it settle before the next edit
-        mh.conf.write_text(config(n, per, bump=bump, weight=weight + 1, sock=mh.sock))
-        ctl_r.append(weight_shown(mh_ns, vip(bump), bumped, weight + 1, lambda: subprocess.run(
-            ["ip", "netns", "exec", mh_ns, PY, "-m", "mhd.ctl", "reload", "--socket", mh.sock],
-            cwd=REPO, check=True, capture_output=True)))  # fmt: skip
+    try:
+        for weight in range(3, 3 + 2 * args.reloads, 2):
+            ka.conf.write_text(keepalived_conf(n, per, bump=bump, weight=weight))
+            ka_r.append(weight_shown(ka_ns, vip(bump), bumped, weight, lambda: os.kill(ka.proc.pid, signal.SIGHUP)))
+            mh.conf.write_text(config(n, per, bump=bump, weight=weight, sock=mh.sock))
+            mh_r.append(weight_shown(mh_ns, vip(bump), bumped, weight, lambda: os.kill(mh.proc.pid, signal.SIGHUP)))
+            time.sleep(1)  # the daemon answers READY=1 after the pass; let it settle before the next edit
+            mh.conf.write_text(config(n, per, bump=bump, weight=weight + 1, sock=mh.sock))
+            ctl_r.append(weight_shown(mh_ns, vip(bump), bumped, weight + 1, lambda: subprocess.run(
+                ["ip", "netns", "exec", mh_ns, PY, "-m", "mhd.ctl", "reload", "--socket", mh.sock],
+                cwd=REPO, check=True, capture_output=True)))  # fmt: skip
+            print(f"reload to weight {weight}: keepalived SIGHUP {ka_r[-1]:.2f}s, mhd SIGHUP {mh_r[-1]:.2f}s;"
+                  f" to {weight + 1}: mhctl reload {ctl_r[-1]:.2f}s", flush=True)  # fmt: skip
+    except SystemExit:
+        print(f"mhd's log, the end:\n{mh.logfile.read_text()[-4000:]}", flush=True)
+        raise
     ka_med, mh_med, ctl_med = statistics.median(ka_r), statistics.median(mh_r), statistics.median(ctl_r)
     print(f"one-weight edit + SIGHUP until the kernel shows it: keepalived {', '.join(f'{x:.2f}' for x in ka_r)} s;"
           f" mhd {', '.join(f'{x:.2f}' for x in mh_r)} s; `mhctl reload` command {', '.join(f'{x:.2f}' for x in ctl_r)} s")  # fmt: skip
