@@ -301,8 +301,10 @@ def apply_part(args: argparse.Namespace, work: Path, report: list[tuple[str, str
                 cwd=REPO, check=True, capture_output=True)))  # fmt: skip
             print(f"reload to weight {weight}: keepalived SIGHUP {ka_r[-1]:.2f}s, mhd SIGHUP {mh_r[-1]:.2f}s;"
                   f" to {weight + 1}: mhctl reload {ctl_r[-1]:.2f}s", flush=True)  # fmt: skip
-    except SystemExit:
+    except SystemExit:  # leave nothing running that would load the next measurement
         print(f"mhd's log, the end:\n{mh.logfile.read_text()[-4000:]}", flush=True)
+        ka.stop()
+        mh.stop()
         raise
     ka_med, mh_med, ctl_med = statistics.median(ka_r), statistics.median(mh_r), statistics.median(ctl_r)
     print(f"one-weight edit + SIGHUP until the kernel shows it: keepalived {', '.join(f'{x:.2f}' for x in ka_r)} s;"
