@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
@@ -39,6 +41,7 @@ import itertools
 from bench_apply import REPO, config, flush, netns, server, sh, vip
 
 PY = sys.executable
+T = TypeVar("T")
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -242,21 +245,21 @@ class Mhd:
         self.proc.wait(300)
 
 
-def converge(ns: str, want: int, last: str, per: int, start_cmd: object) -> tuple[float, object]:
+def converge(ns: str, want: int, last: str, per: int, start_cmd: Callable[[], T]) -> tuple[float, T]:
     """Seconds from starting `start_cmd()` until `ns` holds `want` destinations (`per` in service `last`)."""
     watcher = watching(ns, WAIT_DESTS, last, str(per), str(want), "1500")
     t0 = time.time()
-    handle = start_cmd()  # type: ignore[operator]
+    handle = start_cmd()
     out, _ = watcher.communicate(timeout=1600)
     if watcher.returncode:
         raise SystemExit(f"{ns}: never reached {want} destinations")
     return float(out) - t0, handle
 
 
-def weight_shown(ns: str, svc: str, dest: str, weight: int, act: object) -> float:
+def weight_shown(ns: str, svc: str, dest: str, weight: int, act: Callable[[], object]) -> float:
     watcher = watching(ns, WAIT_WEIGHT, svc, dest, str(weight), "120")
     t0 = time.time()
-    act()  # type: ignore[operator]
+    act()
     out, _ = watcher.communicate(timeout=200)
     if watcher.returncode:
         raise SystemExit(f"{ns}: weight {weight} never shown for {dest}")
@@ -278,7 +281,7 @@ def apply_part(args: argparse.Namespace, work: Path, report: list[tuple[str, str
     ctl_s, ctl = converge(ctl_ns, want, last, per, lambda: subprocess.Popen(
         ["ip", "netns", "exec", ctl_ns, PY, "-m", "mhd.ctl", "apply", "-q", str(cfg), "--state-dir",
          str(work / "ctl-state")], cwd=REPO))  # fmt: skip
-    ctl.wait(600)  # type: ignore[attr-defined]  # its last writes (state dir) before the flush
+    ctl.wait(600)  # its last writes (state dir) before the flush
     flush(ctl_ns)
     print(f"start to converged, {want} destinations: keepalived {ka_s:.2f}s, mhd daemon {mh_s:.2f}s,"
           f" mhctl apply {ctl_s:.2f}s")  # fmt: skip
