@@ -75,7 +75,9 @@ def config(services: int, per: int, bump: int | None = None, weight: int = 2, so
     for i in range(services):
         lines += [f"  - name: s{i}", f"    address: {vip(i)}", "    port: 80", "    mh-port: true",
                   "    check: {type: none}", "    servers:"]  # fmt: skip
-        lines += [f"      - {{address: {server(i, j)}, weight: {weight if (i, j) == (bump, 0) else 1}}}" for j in range(per)]
+        # Weight 1 is the default and left out: 100,000 servers must fit in MAX_BYTES (4 MiB).
+        lines += [f"      - {{address: {server(i, j)}}}" if (i, j) != (bump, 0) else
+                  f"      - {{address: {server(i, j)}, weight: {weight}}}" for j in range(per)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
