@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
@@ -39,6 +41,7 @@ import itertools
 from bench_apply import REPO, config, flush, netns, server, sh, vip
 
 PY = sys.executable
+T = TypeVar("T")
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -71,8 +74,10 @@ def health_server(i: int, j: int) -> str:
 
 
 def health_config(services: int, per: int, sock: str) -> str:
+    # min-healthy 0: a service whose servers all fail is emptied, as keepalived does (mhd's default keeps one).
     lines = ["reconcile-interval: 60s", f"api: {{listen: '', socket: '{sock}'}}",
-             "defaults:", "  check: {type: tcp, interval: 1s, timeout: 0.9s, rise: 1, fall: 1}", "services:"]  # fmt: skip
+             "defaults:", "  check: {type: tcp, interval: 1s, timeout: 0.9s, rise: 1, fall: 1}",
+             "  min-healthy: 0", "services:"]  # fmt: skip
     for i in range(services):
         lines += [f"  - name: s{i}", f"    address: {vip(i)}", "    port: 80", "    mh-port: true", "    servers:"]
         lines += [f"      - {{address: {health_server(i, j)}}}" for j in range(per)]
@@ -80,29 +85,68 @@ def health_config(services: int, per: int, sock: str) -> str:
 
 
 # --- observing a namespace -------------------------------------------------------------------------
-WAIT_DESTS = r"""
-import sys, time
-want, deadline = int(sys.argv[1]), time.time() + float(sys.argv[2])
-while time.time() < deadline:
+# The watchers run inside the namespace and print "ready" once they poll (under TCG their imports
+# take seconds). The kernel is read over netlink, one service at a time: reading all of
+# /proc/net/ip_vs costs ~0.1 s at 17,000 destinations, which polling would take from the daemons.
+WATCH_PRELUDE = r"""
+import asyncio, ipaddress, socket, sys, time
+from mhd.ipvs import IpvsClient
+from mhd.model import ServiceKey
+
+def key(vip):
+    return ServiceKey(socket.AF_INET, protocol=socket.IPPROTO_TCP, address=ipaddress.ip_address(vip), port=80)
+
+def total():
+    # (destinations, services not yet `mh`): mhd creates a service with `none` and switches it to
+    # `mh` once its servers are in, so until then the service does not hash to them.
+    dests = staged = 0
     with open("/proc/net/ip_vs") as f:
-        n = sum(1 for line in f if line.startswith("  -> "))
-    if n >= want:
-        print(time.time()); sys.exit(0)
-    time.sleep(0.05)
-sys.exit(1)
+        for line in f:
+            if line.startswith("  -> "):
+                dests += "RemoteAddress" not in line
+            elif line.startswith(("TCP ", "UDP ")):
+                staged += line.split()[2] != "mh"
+    return dests, staged
 """
 
-WAIT_WEIGHT = r"""
-import sys, time
-dest, weight, deadline = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
-while time.time() < deadline:
-    with open("/proc/net/ip_vs") as f:
-        if any(l.split()[1:2] == [dest] and l.split()[3] == weight for l in f if l.startswith("  -> ")):
-            print(time.time()); sys.exit(0)
-    time.sleep(0.01)
-sys.exit(1)
+# Until the last service has all its servers (cheap), then until /proc/net/ip_vs holds them all,
+# in services that are all `mh`.
+WAIT_DESTS = WATCH_PRELUDE + r"""
+async def main():
+    last, per, want, deadline = key(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), time.time() + float(sys.argv[4])
+    client = await IpvsClient.open()
+    print("ready", flush=True)
+    while time.time() < deadline:
+        try:
+            full = len(await client.dests(last)) >= per
+        except Exception:  # no such service yet (the kernel answers an empty dump, but be safe)
+            full = False
+        if full:
+            dests, staged = total()
+            full = dests >= want and not staged
+        if full:
+            print(time.time())
+            return 0
+        await asyncio.sleep(0.05)
+    return 1
+sys.exit(asyncio.run(main()))
 """
 
+WAIT_WEIGHT = WATCH_PRELUDE + r"""
+async def main():
+    svc, dest, weight, deadline = key(sys.argv[1]), sys.argv[2], int(sys.argv[3]), time.time() + float(sys.argv[4])
+    client = await IpvsClient.open()
+    print("ready", flush=True)
+    while time.time() < deadline:
+        if any(str(d.key.address) == dest and d.weight == weight for d in await client.dests(svc)):
+            print(time.time())
+            return 0
+        await asyncio.sleep(0.01)
+    return 1
+sys.exit(asyncio.run(main()))
+"""
+
+# Each destination under `prefix` that leaves, and when; "ready" once the first reading is taken.
 WATCH_GONE = r"""
 import sys, time
 prefix, count, deadline = sys.argv[1], int(sys.argv[2]), time.time() + float(sys.argv[3])
@@ -111,7 +155,9 @@ while time.time() < deadline and len(gone) < count:
     with open("/proc/net/ip_vs") as f:
         now = {l.split()[1] for l in f if l.startswith("  -> ") and l.split()[1].startswith(prefix)}
     t = time.time()
-    seen = now if seen is None else seen
+    if seen is None:
+        seen = now
+        print("ready", flush=True)
     for d in seen - now:
         gone.setdefault(d, t)
     time.sleep(0.05)
@@ -123,13 +169,18 @@ def in_ns(ns: str, script: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(["ip", "netns", "exec", ns, PY, "-c", script, *args], stdout=subprocess.PIPE, text=True)
 
 
-def hexdest(addr: str, port: int) -> str:
-    return "".join(f"{int(o):02X}" for o in addr.split(".")) + f":{port:04X}"
+def watching(ns: str, script: str, *args: str) -> subprocess.Popen[str]:
+    """A watcher that has printed "ready": it polls now."""
+    watcher = in_ns(ns, script, *args)
+    assert watcher.stdout is not None
+    if watcher.stdout.readline().strip() != "ready":
+        raise SystemExit(f"{ns}: the watcher did not start")
+    return watcher
 
 
 def dests(ns: str) -> int:
     text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/ip_vs")
-    return sum(1 for line in text.splitlines() if line.startswith("  -> "))
+    return sum(1 for line in text.splitlines() if line.startswith("  -> ") and "RemoteAddress" not in line)
 
 
 def rss_mb(pids: list[int], field: str = "VmHWM") -> float:
@@ -194,23 +245,21 @@ class Mhd:
         self.proc.wait(300)
 
 
-def converge(ns: str, want: int, start_cmd: object) -> tuple[float, object]:
-    """Seconds from starting `start_cmd()` until `ns` holds `want` destinations."""
-    watcher = in_ns(ns, WAIT_DESTS, str(want), "900")
-    time.sleep(0.5)  # the watcher is polling
+def converge(ns: str, want: int, last: str, per: int, start_cmd: Callable[[], T]) -> tuple[float, T]:
+    """Seconds from starting `start_cmd()` until `ns` holds `want` destinations (`per` in service `last`)."""
+    watcher = watching(ns, WAIT_DESTS, last, str(per), str(want), "1500")
     t0 = time.time()
-    handle = start_cmd()  # type: ignore[operator]
-    out, _ = watcher.communicate(timeout=1000)
+    handle = start_cmd()
+    out, _ = watcher.communicate(timeout=1600)
     if watcher.returncode:
         raise SystemExit(f"{ns}: never reached {want} destinations")
     return float(out) - t0, handle
 
 
-def weight_shown(ns: str, dest: str, weight: int, act: object) -> float:
-    watcher = in_ns(ns, WAIT_WEIGHT, dest, str(weight), "120")
-    time.sleep(0.3)
+def weight_shown(ns: str, svc: str, dest: str, weight: int, act: Callable[[], object]) -> float:
+    watcher = watching(ns, WAIT_WEIGHT, svc, dest, str(weight), "120")
     t0 = time.time()
-    act()  # type: ignore[operator]
+    act()
     out, _ = watcher.communicate(timeout=200)
     if watcher.returncode:
         raise SystemExit(f"{ns}: weight {weight} never shown for {dest}")
@@ -222,35 +271,51 @@ def apply_part(args: argparse.Namespace, work: Path, report: list[tuple[str, str
     n, per = args.services, args.servers
     want = n * per
     ka_ns, mh_ns, ctl_ns = netns("peer-ka"), netns("peer-mhd"), netns("peer-ctl")
-    bump, bumped = n // 2, hexdest(server(n // 2, 0), 80)
+    bump, bumped, last = n // 2, server(n // 2, 0), vip(n - 1)
 
-    ka_s, ka = converge(ka_ns, want, lambda: Keepalived(ka_ns, work, keepalived_conf(n, per)))
-    mh_s, mh = converge(mh_ns, want, lambda: Mhd(mh_ns, work, config(n, per, sock="__SOCK__")))
+    ka_s, ka = converge(ka_ns, want, last, per, lambda: Keepalived(ka_ns, work, keepalived_conf(n, per)))
+    mh_s, mh = converge(mh_ns, want, last, per, lambda: Mhd(mh_ns, work, config(n, per, sock="__SOCK__")))
     mh.ready()
     cfg = work / "apply.yaml"
     cfg.write_text(config(n, per))
-    ctl_s, _ = converge(ctl_ns, want, lambda: subprocess.Popen(
+    ctl_s, ctl = converge(ctl_ns, want, last, per, lambda: subprocess.Popen(
         ["ip", "netns", "exec", ctl_ns, PY, "-m", "mhd.ctl", "apply", "-q", str(cfg), "--state-dir",
          str(work / "ctl-state")], cwd=REPO))  # fmt: skip
+    ctl.wait(600)  # its last writes (state dir) before the flush
     flush(ctl_ns)
     print(f"start to converged, {want} destinations: keepalived {ka_s:.2f}s, mhd daemon {mh_s:.2f}s,"
           f" mhctl apply {ctl_s:.2f}s")  # fmt: skip
     report.append(("start to converged: mhd daemon / keepalived", f"{mh_s / ka_s:.2f}x", mh_s / ka_s <= 1.0))
     report.append(("start to converged: mhctl apply / keepalived", f"{ctl_s / ka_s:.2f}x", None))
 
-    ka_r, mh_r = [], []
-    for weight in range(3, 3 + args.reloads):
-        ka.conf.write_text(keepalived_conf(n, per, bump=bump, weight=weight))
-        ka_r.append(weight_shown(ka_ns, bumped, weight, lambda: os.kill(ka.proc.pid, signal.SIGHUP)))
-        mh.conf.write_text(config(n, per, bump=bump, weight=weight, sock=mh.sock))
-        mh_r.append(weight_shown(mh_ns, bumped, weight, lambda: subprocess.run(
-            ["ip", "netns", "exec", mh_ns, PY, "-m", "mhd.ctl", "reload", "--socket", mh.sock],
-            cwd=REPO, check=True, capture_output=True)))  # fmt: skip
-    ka_med, mh_med = statistics.median(ka_r), statistics.median(mh_r)
-    print(f"one-weight reload until the kernel shows it: keepalived {', '.join(f'{x:.2f}' for x in ka_r)} s;"
-          f" mhctl reload {', '.join(f'{x:.2f}' for x in mh_r)} s")  # fmt: skip
-    report.append(("one-weight reload: mhctl reload / kill -HUP keepalived (medians)", f"{mh_med / ka_med:.2f}x",
+    # The same act for both: the file edited, then SIGHUP; and `mhctl reload` (a fresh Python that asks
+    # the API and waits for the answer) for what an operator types.
+    ka_r, mh_r, ctl_r = [], [], []
+    try:
+        for weight in range(3, 3 + 2 * args.reloads, 2):
+            ka.conf.write_text(keepalived_conf(n, per, bump=bump, weight=weight))
+            ka_r.append(weight_shown(ka_ns, vip(bump), bumped, weight, lambda: os.kill(ka.proc.pid, signal.SIGHUP)))
+            mh.conf.write_text(config(n, per, bump=bump, weight=weight, sock=mh.sock))
+            mh_r.append(weight_shown(mh_ns, vip(bump), bumped, weight, lambda: os.kill(mh.proc.pid, signal.SIGHUP)))
+            time.sleep(1)  # the daemon answers READY=1 after the pass; let it settle before the next edit
+            mh.conf.write_text(config(n, per, bump=bump, weight=weight + 1, sock=mh.sock))
+            ctl_r.append(weight_shown(mh_ns, vip(bump), bumped, weight + 1, lambda: subprocess.run(
+                ["ip", "netns", "exec", mh_ns, PY, "-m", "mhd.ctl", "reload", "--socket", mh.sock],
+                cwd=REPO, check=True, capture_output=True)))  # fmt: skip
+            print(f"reload to weight {weight}: keepalived SIGHUP {ka_r[-1]:.2f}s, mhd SIGHUP {mh_r[-1]:.2f}s;"
+                  f" to {weight + 1}: mhctl reload {ctl_r[-1]:.2f}s", flush=True)  # fmt: skip
+    except SystemExit:  # leave nothing running that would load the next measurement
+        print(f"mhd's log, the end:\n{mh.logfile.read_text()[-4000:]}", flush=True)
+        ka.stop()
+        mh.stop()
+        raise
+    ka_med, mh_med, ctl_med = statistics.median(ka_r), statistics.median(mh_r), statistics.median(ctl_r)
+    print(f"one-weight edit + SIGHUP until the kernel shows it: keepalived {', '.join(f'{x:.2f}' for x in ka_r)} s;"
+          f" mhd {', '.join(f'{x:.2f}' for x in mh_r)} s; `mhctl reload` command {', '.join(f'{x:.2f}' for x in ctl_r)} s")  # fmt: skip
+    report.append(("one-weight reload (SIGHUP): mhd / keepalived (medians)", f"{mh_med / ka_med:.2f}x",
                    mh_med / ka_med <= 0.2))  # fmt: skip
+    report.append(("one-weight reload: `mhctl reload` command / keepalived SIGHUP (medians)",
+                   f"{ctl_med / ka_med:.2f}x", None))  # fmt: skip
 
     ka_mem, mh_mem = rss_mb(ka.pids()), rss_mb([mh.proc.pid])
     print(f"peak RSS at {want} servers: keepalived {ka_mem:.0f} MB ({len(ka.pids())} processes), mhd {mh_mem:.0f} MB")
@@ -320,14 +385,15 @@ def health_part(args: argparse.Namespace, work: Path, report: list[tuple[str, st
             proc: Keepalived | Mhd = Keepalived(ns, work, keepalived_conf(services, per, check=True))
         else:
             proc = Mhd(ns, work, health_config(services, per, "__SOCK__"))
-        converge_s, _ = converge(ns, total, lambda: None)
+        converge_s, _ = converge(ns, total, vip(services - 1), per, lambda: None)
+        if isinstance(proc, Mhd):
+            proc.ready()  # the prober starts after the first pass, the API and the Maglev model
         time.sleep(args.warmup)
         pids = proc.pids() if isinstance(proc, Keepalived) else [proc.proc.pid]
         c0, t0 = cpu_s(pids), time.time()
         time.sleep(args.window)
         c1, t1 = cpu_s(pids), time.time()
-        watcher = in_ns(ns, WATCH_GONE, failed, str(n_failed), "60")
-        time.sleep(0.5)
+        watcher = watching(ns, WATCH_GONE, failed, str(n_failed), "60")
         tf = time.time()
         sh("ip", "-n", srv, "route", "add", "prohibit", failed_net, "table", "local")
         gone = [float(x) - tf for x in watcher.communicate(timeout=120)[0].split()]
