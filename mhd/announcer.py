@@ -132,13 +132,20 @@ class Announcer:
         return not self.announced and not self.failures
 
     # --- one step --------------------------------------------------------------------------------
-    async def step(self, config: Config, healths: list[tuple[tuple[IPAddress, ...], ServiceHealth]]) -> None:
-        """Sysctls, then the announcement: decide, and make the table say it."""
+    async def step(
+        self, config: Config, healths: Callable[[], list[tuple[tuple[IPAddress, ...], ServiceHealth]]]
+    ) -> None:
+        """Sysctls, then the announcement: decide, and make the table say it.
+
+        `healths` walks every server: it is called only when there is something to announce (or to
+        clean up), so that a director without `announce:` does not pay it after every pass (at
+        16,000 servers under emulation it took a reload's answer from 0.1 s to 3 s)."""
         async with self._lock:
             self._sysctls(config)
             if config.announce is not None or self._where is not None:
+                services = healths()
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._announce, config.announce, healths, time.time())
+                await loop.run_in_executor(self._thread, self._announce, config.announce, services, time.time())
 
     def due(self, now: float) -> bool:
         """Whether a hold-down has expired since the last step (the daemon then runs one)."""
@@ -225,7 +232,7 @@ class Announcer:
         for svc in config.services:
             live = observed.get(svc.key)
             if live is not None and live.scheduler == "mh" and live.dests:
-                signature = (tuple((d.key, d.weight) for d in live.dests), live.flags, model)
+                signature = (live.dests, live.flags, model)  # an unchanged list is the same tuple: cheap
                 wanted[svc.name] = (signature, live)
         stale = {n: live for n, (sig, live) in wanted.items() if self._table_inputs.get(n, (None,))[0] != sig}
         if stale:

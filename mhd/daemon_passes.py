@@ -88,9 +88,11 @@ class Passes(Reloading):
         if self.fleet is None or self.config is None or self.state is None:
             return
         members = self.outcome.members if self.outcome is not None else {}
-        healths = service_healths(self.config, self.observed, members, self.health, self.state.disabled())
+        config, observed, state = self.config, self.observed, self.state
         try:
-            await self.fleet.step(self.config, healths)
+            await self.fleet.step(
+                config, lambda: service_healths(config, observed, members, self.health, state.disabled())
+            )
             if self.kernel is not None:
                 k = self.kernel
                 params = model_for(self.config.kernel.module, k.mh_variant, k.mh_tab_index)
