@@ -112,6 +112,8 @@ class Announcer:
         self._where: tuple[int, int] | None = None  # the (table, protocol) the records describe
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="mhd-routes")  # owns `_kernel`
+        self._tables_wanted: tuple[Config, Mapping[ServiceKey, Service], Model] | None = None
+        self._tables_task: asyncio.Task[None] | None = None
 
     # --- drain -----------------------------------------------------------------------------------
     def set_drained(self, drained: bool) -> None:
@@ -223,6 +225,28 @@ class Announcer:
             log.error("%s failed: %s", op.describe(), why)
 
     # --- table digests ---------------------------------------------------------------------------
+    def publish_tables(self, config: Config, observed: Mapping[ServiceKey, Service], model: Model) -> None:
+        """Bring the digests up to date in the background: a pass (a server's removal, a reload's
+        answer) must not wait for them. At start every table is built, and the first one imports
+        the Maglev model: under emulation that held the first removal 10 s and a 16,000-server
+        daemon's `ready` 2 minutes. Requests coalesce: the task always works from the latest."""
+        self._tables_wanted = (config, observed, model)
+        if self._tables_task is None or self._tables_task.done():
+            self._tables_task = asyncio.get_running_loop().create_task(self._publish())
+
+    async def tables_settled(self) -> None:
+        """Wait until the digests reflect the last `publish_tables` (tests, and `aclose`)."""
+        while self._tables_task is not None and not self._tables_task.done():
+            await asyncio.shield(self._tables_task)
+
+    async def _publish(self) -> None:
+        while self._tables_wanted is not None:
+            wanted, self._tables_wanted = self._tables_wanted, None
+            try:
+                await self.refresh_tables(*wanted)
+            except Exception:  # digests are informational: the next pass tries again
+                log.exception("building the table digests failed")
+
     async def refresh_tables(
         self, config: Config, observed: Mapping[ServiceKey, Service], model: Model
     ) -> None:
@@ -250,6 +274,9 @@ class Announcer:
     async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close the route socket in its own thread, after the step in flight (a SIGTERM may have
         cancelled the await, not the thread). A step stuck in the kernel is logged and left."""
+        if self._tables_task is not None:
+            self._tables_task.cancel()
+            await asyncio.gather(self._tables_task, return_exceptions=True)
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(self._thread, self._close_kernel), timeout)

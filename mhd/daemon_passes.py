@@ -96,7 +96,7 @@ class Passes(Reloading):
             if self.kernel is not None:
                 k = self.kernel
                 params = model_for(self.config.kernel.module, k.mh_variant, k.mh_tab_index)
-                await self.fleet.refresh_tables(self.config, self.observed, params)
+                self.fleet.publish_tables(self.config, self.observed, params)
         except Exception as exc:  # routes and sysctls are retried by the next step
             self._loop_errors.report("announcing routes or setting sysctls", exc)
 

@@ -73,6 +73,13 @@ class FakeDaemon(Daemon):
             self.set_health(service, str(server), health("down" if (service, str(server)) in down else "up"))
         self.refresh()
 
+    async def _fleet_step(self) -> None:
+        """The daemon's step, then its digests (built in the background by the daemon): a test reads
+        them right after, and `asyncio.run` would cancel the background task at its end."""
+        await super()._fleet_step()
+        if self.fleet is not None:
+            await self.fleet.tables_settled()
+
     def set_health(self, service: str, server: str, value: Health) -> None:
         target = self.targets[(service, key(server))]
         self.prober._where[target].slots[target].health = value

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fakes import FakeDaemon
 from test_api import aio, get_json, make_daemon, post_json, served
 
@@ -96,3 +98,33 @@ def test_the_vip_metric_follows_the_decision(tmp_path: Path) -> None:
     asyncio.run(d._fleet_step())
     text = Metrics(d).render().decode()
     assert 'mhd_vip_announced{vip="203.0.113.15"} 0' in text and "\nmhd_drained 1\n" in text
+
+
+def test_a_pass_does_not_wait_for_the_table_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests are built in the background: under emulation the first one (importing the Maglev
+    model) held a server's removal 10 s, and 1,000 of them a daemon's `ready` 2 minutes."""
+    import threading
+
+    from mhd import announcer
+    from mhd.daemon import Daemon
+
+    release = threading.Event()
+    real = announcer._tables
+
+    def held(stale: Any, model: Any) -> Any:
+        assert release.wait(timeout=30)
+        return real(stale, model)
+
+    monkeypatch.setattr(announcer, "_tables", held)
+    d = FakeDaemon(tmp_path, CONFIG)
+    assert d.fleet is not None
+    fleet = d.fleet
+
+    async def scenario() -> None:
+        await Daemon._fleet_step(d)  # the daemon's own step, not the fake's (which waits for them)
+        assert fleet.tables == {}  # returned while the digests are still being built
+        release.set()
+        await fleet.tables_settled()
+        assert set(fleet.tables) == {"web"}
+
+    asyncio.run(scenario())
