@@ -65,7 +65,8 @@ class ServiceHealth:
     name: str
     state: str  # ok | degraded | panic | down
     verdicts: bool
-    members: frozenset[str] = frozenset()  # the servers in IPVS now: the table this director builds
+    # the servers in IPVS now (their keys): the table this director builds; compared, never shown
+    members: frozenset[object] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Record:
     healthy_since: float | None = None
     held: bool = False
     changed: float = 0.0
-    members: frozenset[tuple[str, str]] = frozenset()  # (service, server) in IPVS at the last decision
+    members: frozenset[tuple[str, object]] = frozenset()  # (service, server) in IPVS at the last decision
 
 
 @dataclass(frozen=True)
