@@ -163,3 +163,26 @@ def test_the_fault_watch_passes_other_errors_on() -> None:
     loop.close()
     assert [c["message"] for c in seen] == ["x", "z"]
     assert watch.at > float("-inf")
+
+
+@aio
+async def test_a_timer_scheduled_by_a_callback_does_not_delay_the_ones_already_waiting() -> None:
+    """The re-arm after a firing must look at the heap's head: the first version of the `finally`
+    above kept the timer a callback had armed for its own, later entry, and the probes already
+    waiting fired up to an interval late (a quiet daemon's lag p99 went from ~20 ms to 980 ms)."""
+    loop = asyncio.get_running_loop()
+    timers = Timers(loop)
+    now = loop.time()
+    late: dict[str, float] = {}
+
+    def record(name_due: tuple[str, float]) -> None:
+        late[name_due[0]] = loop.time() - name_due[1]
+
+    def reschedule(_: object) -> None:  # what a probe's callback does: its next slot, an interval on
+        timers.call_at(now + 1.0, record, ("next slot", now + 1.0))
+
+    timers.call_at(now + 0.01, reschedule, None)
+    timers.call_at(now + 0.1, record, ("waiting", now + 0.1))
+    await asyncio.sleep(1.2)
+    assert set(late) == {"waiting", "next slot"}
+    assert late["waiting"] < 0.5  # fired at its time, give or take the loop; not with the next slot

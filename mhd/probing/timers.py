@@ -75,6 +75,7 @@ class Timers:
         self._timer, self._timer_at = None, math.inf
         heap = self._heap
         fired = 0
+        sliced = False
         try:
             while heap and heap[0][0] <= now:
                 token = heapq.heappop(heap)[2]
@@ -88,11 +89,14 @@ class Timers:
                     fired += 1
                     if not fired % 64 and clock() - started > FIRE_BUDGET:
                         self._arm(clock())  # the rest after the loop has looked at its sockets
+                        sliced = True
                         return
         finally:
-            # Even when this went wrong (a MemoryError in the logging above): a heap left unarmed
-            # would never fire again, and every probe of the daemon would stop.
-            if heap and self._timer is None:
+            # Also when this went wrong (a MemoryError in the logging above): a heap left unarmed
+            # would never fire again, and every probe of the daemon would stop. Always re-armed
+            # from the heap's head: a callback's call_at() armed the timer for its own entry, which
+            # may come after entries already waiting.
+            if heap and not sliced:
                 self._arm(max(min(heap[0][0], now + HEARTBEAT), now + TICK))
 
     def stalled(self, start: float, end: float) -> float:
