@@ -17,7 +17,6 @@ left inconclusive, checks the audit had to start again, and checks not back afte
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -25,6 +24,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_prober import _serve  # the same loopback listeners as the low-fd test
 
 CHILD = r"""
 import asyncio, contextlib, json, logging, resource, sys
@@ -80,18 +82,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def _serve(listener: socket.socket, answer: bytes | None) -> None:
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn, contextlib.suppress(OSError):
-            if answer is not None:
-                conn.recv(4096)
-                conn.sendall(answer)
 
 
 def trial(ports: list[str]) -> dict[str, object]:
