@@ -251,6 +251,16 @@ def raise_fd_limit() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
+async def start_api(daemon: Daemon) -> Callable[[], Awaitable[None]]:
+    """The API, imported only once the first pass has written the kernel: aiohttp and its 180
+    modules are a third of the daemon's imports, and the VIPs should not wait for them."""
+    from mhd.api import server as api
+
+    # The API takes the daemon as its read-only view: mypy checks here that `Daemon` satisfies
+    # `mhd.api.view.DaemonView`.
+    return await api.start(daemon)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sdnotify.setup_logging(getattr(logging, args.log_level.upper()))
@@ -259,11 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("only %d file descriptors allowed (RLIMIT_NOFILE): probes beyond that wait (not counted against servers); raise LimitNOFILE", soft)
     daemon = Daemon(find_config(args.config), args.state_dir, stop_deadline=STOP_DEADLINE)
     try:
-        from mhd.api import server as api
-
-        # The API takes the daemon as its read-only view: mypy checks here that `Daemon` satisfies
-        # `mhd.api.view.DaemonView`.
-        return asyncio.run(daemon.run(on_ready=api.start))
+        return asyncio.run(daemon.run(on_ready=start_api))
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
