@@ -1,0 +1,113 @@
+"""The daemon's Python cost per pass and per reload at 1,700 to 100,000 objects, on the host.
+
+Times are CPU seconds of this process (`time.process_time`): steadier than wall time on a shared
+machine. IPVS here is the planner's model of it (`apply_ops`), so this measures what mhd itself spends:
+desired state, plan, state dir, fleet step; the real kernel's dump is the VM benchmarks' part
+(`bench_apply.py`). Issue 15 asks a periodic full pass to cost <= 5 % of a core at a 10 s
+interval at 100,000 destinations, i.e. <= 0.5 s; and a one-weight reload <= 0.2 s.
+
+    .venv/bin/python bench/bench_pass.py                      # 100 x 16, 1,000 x 16, 6,250 x 16
+    .venv/bin/python bench/bench_pass.py --shapes 6250x16 --rounds 5
+
+Compare two trees in one run (these machines are noisy) with PYTHONPATH=<tree> on alternate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
+
+from bench_apply import config  # noqa: E402
+from fakes import FakeRoutes  # noqa: E402
+
+from mhd.announcer import Announcer  # noqa: E402
+from mhd.daemon import Daemon  # noqa: E402
+from mhd.kernel import KernelInfo  # noqa: E402
+from mhd.planner import apply_ops  # noqa: E402
+from mhd.state import StateDir  # noqa: E402
+
+
+class ModelKernel:
+    """IPVS as the planner models it: a dump is a copy of the dict, a write applies the ops."""
+
+    def __init__(self) -> None:
+        self.table: dict[Any, Any] = {}
+        self.writes = 0
+
+    async def services(self) -> dict[Any, Any]:
+        return dict(self.table)
+
+    async def service(self, key: object) -> object:
+        return self.table.get(key)
+
+    async def apply(self, ops: list[Any]) -> list[Any]:
+        self.table = apply_ops(self.table, ops)
+        self.writes += len(ops)
+        return []
+
+
+async def measure(n: int, per: int, rounds: int) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="mhd-bench-pass-"))
+    path = work / "mhd.yaml"
+    path.write_text(config(n, per, interval=3600))
+    d = Daemon(str(path), str(work / "state"))
+    d.kernel = KernelInfo("6.1.0-bench", True, "intree", 12, "default")
+    d.client = ModelKernel()  # type: ignore[assignment]
+    d.state = StateDir(work / "state")
+    d.state.lock()  # as the daemon: owned services and drains from memory
+    d.fleet = Announcer(d.state, open_routes=FakeRoutes, sysctl_root=work / "no-proc")
+    t = time.process_time()
+    cfg = d._load()
+    d._adopt(cfg)
+    loaded = time.process_time() - t
+    t = time.process_time()
+    await d.reconcile_once()
+    first = time.process_time() - t
+    await d.fleet.tables_settled()
+    gc.freeze()  # as the daemon after its first pass
+    passes, reloads = [], []
+    for r in range(rounds):
+        t = time.process_time()
+        await d.reconcile_once()
+        passes.append(time.process_time() - t)
+        path.write_text(config(n, per, bump=n // 2, weight=3 + r, interval=3600))
+        t = time.process_time()
+        answer = d.request_reload()
+        await d._iteration(time.monotonic() + 3600)
+        assert answer.result().ok
+        reloads.append(time.process_time() - t)
+        await d.fleet.tables_settled()
+    d.state.unlock()
+    return {"load": loaded, "first": first, "pass": statistics.median(passes), "reload": statistics.median(reloads)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="100x16,1000x16,6250x16", help="services x servers, comma-separated")
+    p.add_argument("--rounds", type=int, default=5, help="passes and reloads per shape (medians printed)")
+    args = p.parse_args()
+    print("objects | load + adopt | first pass | periodic pass (per object) | one-weight reload")
+    for shape in args.shapes.split(","):
+        n, per = (int(x) for x in shape.split("x"))
+        m = asyncio.run(measure(n, per, args.rounds))
+        objects = n * (per + 1)
+        print(
+            f"{objects:>7,} | {m['load']:.2f} s | {m['first']:.2f} s | {m['pass'] * 1000:.0f} ms"
+            f" ({m['pass'] / objects * 1e6:.1f} us) | {m['reload'] * 1000:.0f} ms",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
