@@ -68,6 +68,7 @@ async def measure(n: int, per: int, rounds: int) -> dict[str, float]:
     d.fleet = Announcer(d.state, open_routes=FakeRoutes, sysctl_root=work / "no-proc")
     t = time.process_time()
     cfg = d._load()
+    gc.freeze()  # as the daemon after its load, and again after its first pass
     d._adopt(cfg)
     loaded = time.process_time() - t
     t = time.process_time()

@@ -162,6 +162,7 @@ class Daemon(Passes):
         """Start, serve until SIGTERM/SIGINT, stop. `on_ready` starts the API and returns its closer."""
         self.kernel = kernel.info()
         config = self._load()
+        gc.freeze()  # the config lives as long as the daemon: no collection rescans 100,000 servers
         for warning in kernel.load_modules(config.schedulers()):
             log.warning("%s", warning)
         self.kernel = kernel.info(config.kernel.mh_tab_index)
