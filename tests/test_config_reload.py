@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mhd.config.diff import replaced_services
 from mhd.config.records import Config
 from mhd.config.reload import ConfigReloader
 from mhd.config.validate import load
@@ -129,12 +130,28 @@ def test_any_edit_loads_exactly_as_a_full_load(
     lines = document(**layout)
     write(path, lines, newline_at_end)
     reloader = ConfigReloader()
-    assert outcome(reloader, path) == outcome(None, path)
+    before = outcome(reloader, path)
+    assert before == outcome(None, path)
     for round_ in rounds:
         for kind, at, text in round_:
             lines = apply_edit(lines, kind, at, text)
         write(path, lines, newline_at_end)
-        assert outcome(reloader, path) == outcome(None, path), "\n".join(lines)
+        after = outcome(reloader, path)
+        assert after == outcome(None, path), "\n".join(lines)
+        if isinstance(before, Config) and isinstance(after, Config):
+            assert_replaced_is_the_edit(reloader, before, after)
+        before = after if isinstance(after, Config) else before
+
+
+def assert_replaced_is_the_edit(reloader: ConfigReloader, before: Config, after: Config) -> None:
+    """What the daemon adopts by: every service equal to one of the same name before is that very
+    object (its health targets are kept), and `replaced` lists exactly the others."""
+    old = {s.name: s for s in before.services}
+    for svc in after.services:
+        if old.get(svc.name) == svc:
+            assert old[svc.name] is svc, svc.name
+    if reloader.replaced is not None:
+        assert reloader.replaced == replaced_services(before, after)
 
 
 @pytest.mark.parametrize("layout", [{}, {"defaults_after": True}, {"column": 0}])
@@ -202,3 +219,22 @@ def test_anchors_disable_the_shortcut(tmp_path: Path) -> None:
     config = reloader.load(path)
     assert reloader.incremental_loads == 0
     assert config.services[2].check.rise == 5  # the alias followed its anchor
+
+
+def test_edits_spread_over_the_file_re_read_only_the_changed_services(tmp_path: Path) -> None:
+    """A file regenerated whole (config management) with a few services changed far apart: the
+    shortcut parses those, and every other service stays the very same object."""
+    lines = document(services=60, servers=4)
+    path, reloader, before = loaded(tmp_path, lines)
+    edited = [x.replace("10.2.5.2, weight: 2", "10.2.5.2, weight: 7") for x in lines]
+    edited = [x for x in edited if "10.2.30.3," not in x]  # a server of s30 removed
+    at = edited.index("  - name: s55")
+    edited = edited[:at] + service_block(99, 2) + edited[at:]  # a service added before s55
+    write(path, edited)
+    after = reloader.load(path)
+    assert after == load(path) and reloader.incremental_loads == 1
+    assert reloader.replaced is not None
+    gone, came = reloader.replaced
+    assert sorted(s.name for s in gone) == ["s30", "s5"]
+    assert sorted(s.name for s in came) == ["s30", "s5", "s99"]
+    assert sum(1 for a in after.services for b in before.services if a is b) == 58

@@ -25,6 +25,18 @@ def replaced_services(old: Config, new: Config) -> Replaced:
     )
 
 
+def reuse_unchanged(
+    old: tuple[ServiceConfig, ...], new: tuple[ServiceConfig, ...]
+) -> tuple[ServiceConfig, ...]:
+    """`new`, with every service equal to the `old` one of its name replaced by that old object.
+
+    Identity is what the rest of a reload goes by (`replaced_services`): a service re-read without
+    a change keeps its health targets and its built kernel form, so a reload that rewrites the
+    whole file to change 50 services of 1,000 costs 50 services, not 1,000."""
+    by_name = {s.name: s for s in old}
+    return tuple(o if (o := by_name.get(s.name)) is not None and o == s else s for s in new)
+
+
 def changed_services(old: Config, new: Config, replaced: Replaced | None = None) -> set[ServiceKey]:
     """Keys of the services a reload adds, removes or changes: what a scoped pass must look at.
 

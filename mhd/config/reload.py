@@ -17,14 +17,16 @@ the full path, whose errors are the authoritative ones. The tests compare both p
 from __future__ import annotations
 
 import bisect
+import difflib
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from mhd.config.diff import Replaced
+from mhd.config.diff import Replaced, reuse_unchanged
 from mhd.config.records import Config, ServiceConfig
 from mhd.config.validate import Inherited, load, validate, validate_services
 from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate, read
@@ -72,10 +74,17 @@ class ConfigReloader:
         # After a shortcut: the services the edit replaced, and their replacements (None after a
         # full load). The daemon adopts just those instead of comparing 1,000 services.
         self.replaced: Replaced | None = None
+        self._previous: Config | None = None  # the last config returned, by either path
 
     def load(self, path: str | Path) -> Config:
-        """Read and validate `path`, like `mhd.config.validate.load`. Raises ConfigError listing every problem."""
-        file = str(path)
+        """Read and validate `path`, like `mhd.config.validate.load`. Raises ConfigError listing every problem.
+
+        Services equal to the previous load's are that load's very objects (`reuse_unchanged`)."""
+        config = self._load(str(path), path)
+        self._previous = config
+        return config
+
+    def _load(self, file: str, path: str | Path) -> Config:
         data = read(path)
         sha256 = hashlib.sha256(data).hexdigest()
         last = self._last
@@ -95,6 +104,8 @@ class ConfigReloader:
             root = compose(text, file)
             tree = Located({}, 1, 1) if root is None else locate(root, "", file)
             config, inherited = validate(tree, file, self.mh_slots, sha256)
+            if self._previous is not None:
+                config = replace(config, services=reuse_unchanged(self._previous.services, config.services))
         self._last = _snapshot(file, self.mh_slots, data, text, root, config, inherited)
         return config
 
@@ -216,63 +227,110 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
     first = bisect.bisect_right(last.starts, start) - 1
     after = max(bisect.bisect_left(last.starts, old_end), first + 1)  # first untouched item
     stop = last.starts[after] if after < len(last.starts) else last.end
-    fresh = _reread(last, data[last.starts[first] : stop + delta], first)
-    if fresh is None:
+    span = _split(last, data[last.starts[first] : stop + delta])
+    if span is None:
         return None
-    services, offsets, lines = fresh
-    dropped = last.config.services[first:after]
-    merged = last.config.services[:first] + services + last.config.services[after:]
+    raw, items, offsets = span
+    old_items = [old[a:b] for a, b in itertools.pairwise([*last.starts[first:after], stop])]
+    base_line = last.lines[first]
+    services: list[ServiceConfig] = []
+    gone: list[ServiceConfig] = []
+    came: list[ServiceConfig] = []
+    # Items whose bytes did not change are the very same services; only the others are parsed.
+    # A file regenerated whole to change 50 services of 1,000 costs those 50, not the span.
+    matcher = difflib.SequenceMatcher(None, old_items, [raw[a:b] for a, b, _ in items], autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        kept = last.config.services[first + i1 : first + i2]
+        run: tuple[ServiceConfig, ...] = ()
+        if j1 < j2 and tag != "equal":
+            parsed = _reread(last, raw[items[j1][0] : items[j2 - 1][1]], base_line + items[j1][2], first + j1, j2 - j1)
+            if parsed is None:
+                return None
+            run = reuse_unchanged(kept, parsed)  # reformatted, or only a comment changed
+        if tag == "equal":
+            run = kept
+        same = {id(x) for x in kept} & {id(x) for x in run}
+        gone += [x for x in kept if id(x) not in same]
+        came += [x for x in run if id(x) not in same]
+        services += run
+    return _merged(last, data, sha256, (first, after, start, old_end, delta), services, gone, came, offsets)
+
+
+def _merged(
+    last: _Snapshot,
+    data: bytes,
+    sha256: str,
+    where: tuple[int, int, int, int, int],
+    services: list[ServiceConfig],
+    gone: list[ServiceConfig],
+    came: list[ServiceConfig],
+    positions: list[tuple[int, int]],
+) -> _Edit | None:
+    """The new snapshot once services [first, after) became `services`: None if the result needs
+    the full load (no service left, or a duplicate name or virtual service, which it reports)."""
+    first, after, start, old_end, delta = where
+    old = last.data
+    merged = last.config.services[:first] + tuple(services) + last.config.services[after:]
     if not merged:
         return None  # nothing left to anchor the next shortcut on
     # Unique names and virtual services, hashing only the services the edit touched.
-    names = last.names - {s.name for s in dropped}
-    keys = last.keys - {s.key for s in dropped}
-    new_names, new_keys = {s.name for s in services}, {s.key for s in services}
-    if len(new_names) != len(services) or len(new_keys) != len(services) or names & new_names or keys & new_keys:
+    names = last.names - {s.name for s in gone}
+    keys = last.keys - {s.key for s in gone}
+    new_names, new_keys = {s.name for s in came}, {s.key for s in came}
+    if len(new_names) != len(came) or len(new_keys) != len(came) or names & new_names or keys & new_keys:
         return None  # the full load names both places
     line_delta = data.count(b"\n", start, old_end + delta) - old.count(b"\n", start, old_end)
+    base_offset, base_line = last.starts[first], last.lines[first]
     snapshot = replace(
-        last, data=data, config=last.config.edited(merged, sha256, dropped, services),
-        starts=last.starts[:first] + offsets + [o + delta for o in last.starts[after:]],
-        lines=last.lines[:first] + lines + [n + line_delta for n in last.lines[after:]],
+        last, data=data, config=last.config.edited(merged, sha256, tuple(gone), tuple(came)),
+        starts=last.starts[:first] + [base_offset + o for o, _ in positions] + [o + delta for o in last.starts[after:]],
+        lines=last.lines[:first] + [base_line + n for _, n in positions] + [n + line_delta for n in last.lines[after:]],
         end=last.end + delta, names=names | new_names, keys=keys | new_keys,
     )  # fmt: skip
-    return _Edit(snapshot, (dropped, services))
+    return _Edit(snapshot, (tuple(gone), tuple(came)))
 
 
-def _reread(
-    last: _Snapshot, raw: bytes, index: int
-) -> tuple[tuple[ServiceConfig, ...], list[int], list[int]] | None:
-    """Parse and validate `raw`, whole lines that start where service number `index` started, as
-    the services from `index` on: (services, their start offsets, their start lines), or None on
-    any doubt."""
+def _split(
+    last: _Snapshot, raw: bytes
+) -> tuple[bytes, list[tuple[int, int, int]], list[tuple[int, int]]] | None:
+    """`raw`, whole lines that start where a service started, cut into its items: for each, its
+    byte range in `raw` and its first line (from 0); and for each, (offset, line) again as the
+    snapshot keeps them. None on any doubt (anchors, odd line breaks, a line that ends the list)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
     if _ANCHOR_OR_ALIAS.search(text) or _OTHER_BREAKS.search(text):
         return None
-    base_offset, base_line = last.starts[index], last.lines[index]
     lines = text.split("\n")
     starts = _item_lines(lines, 0, len(lines), last.column)
-    if starts is None or (starts and starts[0] != _first_content(lines)):
+    # Only blank lines and comments before the first item (with no item at all, anywhere): a line
+    # of content there would continue the service before the span.
+    if starts is None or (starts[0] if starts else len(lines)) != _first_content(lines):
         return None
+    offsets = _line_offsets(raw, starts[-1]) if starts else [0]
+    bounds = [offsets[n] for n in starts] + [len(raw)]
+    items = [(bounds[k], bounds[k + 1], n) for k, n in enumerate(starts)]
+    return raw, items, [(offsets[n], n) for n in starts]
+
+
+def _reread(
+    last: _Snapshot, raw: bytes, base_line: int, index: int, count: int
+) -> tuple[ServiceConfig, ...] | None:
+    """Parse and validate `raw` (the `count` items from service number `index` on, whose first line
+    is `base_line` of the file, so that errors keep their line numbers): None on any doubt."""
     file = last.path
     try:
         with gc_paused():
-            root = compose("\n" * base_line + text, file)
-            if not starts:
-                return ((), [], []) if root is None else None
-            if not isinstance(root, yaml.SequenceNode) or root.flow_style or len(root.value) != len(starts):
+            root = compose("\n" * base_line + raw.decode("utf-8"), file)
+            if not isinstance(root, yaml.SequenceNode) or root.flow_style or len(root.value) != count:
                 return None
             if root.start_mark.column != last.column:
                 return None
             items = [locate(node, f"services[{index + k}]", file) for k, node in enumerate(root.value)]
-        services = validate_services(items, file, last.inherited)
+        return validate_services(items, file, last.inherited)
     except ConfigError:
         return None
-    offsets = _line_offsets(raw, starts[-1])
-    return services, [base_offset + offsets[n] for n in starts], [base_line + n for n in starts]
 
 
 def _first_content(lines: list[str]) -> int:
