@@ -93,7 +93,7 @@ class Daemon(Passes):
             if self._reload_requested:
                 self._reload_requested = False
                 waiters, self._reload_waiters = self._reload_waiters, []
-                result = await self._reload()
+                result = await self.reload()
             if time.monotonic() >= next_full:
                 self._pending.clear()
                 await self.reconcile_once()
@@ -101,8 +101,8 @@ class Daemon(Passes):
             elif self._pending:
                 only, self._pending = self._pending, set()
                 await self.reconcile_once(only)
-            if self._fleet_due or (self.fleet is not None and self.fleet.due(time.time())):
-                await self._fleet_step()
+            if self.fleet_step_due(time.time()):
+                await self.step_fleet()
         finally:  # the reload's changes are in the kernel now (or it was rejected, or a pass failed)
             if result is not None:
                 sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
@@ -122,10 +122,11 @@ class Daemon(Passes):
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(every)
 
-    async def _first_dump(self) -> dict[ServiceKey, Service] | None:
-        """The kernel before anything is decided. Health starts from it (servers already in IPVS
-        keep serving through a restart), so a failed dump is retried, never replaced by a guess.
-        None: stopped before a dump succeeded."""
+    async def first_dump(self) -> dict[ServiceKey, Service] | None:
+        """The kernel before anything is decided, read with `client` (`run` does it once, before
+        adopting the config). Health starts from it (servers already in IPVS keep serving through a
+        restart), so a failed dump is retried, never replaced by a guess. None: stopped before a
+        dump succeeded."""
         assert self.client is not None
         delay = 0.1
         while True:
@@ -161,7 +162,7 @@ class Daemon(Passes):
     ) -> int:
         """Start, serve until SIGTERM/SIGINT, stop. `on_ready` starts the API and returns its closer."""
         self.kernel = kernel.info()
-        config = self._load()
+        config = self.load_config()
         gc.freeze()  # the config lives as long as the daemon: no collection rescans 100,000 servers
         for warning in kernel.load_modules(config.schedulers()):
             log.warning("%s", warning)
@@ -179,11 +180,11 @@ class Daemon(Passes):
         tasks: list[asyncio.Task[Any]] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         try:
-            observed = await self._first_dump()
+            observed = await self.first_dump()
             if observed is None:  # stopped while the kernel could not be read: nothing was decided
                 return 0
             self.observed = observed
-            self._adopt(config)
+            self.adopt(config)
             self.last_reload = ReloadResult(True, time.time(), [], config.sha256)
             writes_before = self.client.writes
             await self.reconcile_once()
