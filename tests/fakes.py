@@ -7,6 +7,7 @@ modules `from fakes import ...`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import threading
@@ -102,6 +103,17 @@ class FakeDaemon(Daemon):
             observed[k] = dataclasses.replace(want.service, dests=dests)
         self.observed = observed
         self.outcome = Outcome(observed, [], [], [], members)
+
+
+async def reload_through_the_main_loop(d: Daemon) -> ReloadResult:
+    """Reload as SIGHUP does: a running main loop reloads and answers once the reload's pass and
+    fleet step are done. The loop is cancelled afterwards, not stopped: a stop would end it for good."""
+    main = asyncio.create_task(d.main_loop())
+    try:
+        return await asyncio.wait_for(d.request_reload(), timeout=60)  # a dead loop fails, not hangs
+    finally:
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
 
 
 class ModelKernel:

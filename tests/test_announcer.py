@@ -10,7 +10,7 @@ import ipaddress
 import time
 from pathlib import Path
 
-from fakes import FakeDaemon, FakeRoutes, health
+from fakes import FakeDaemon, FakeRoutes, health, reload_through_the_main_loop
 
 from mhd.announcer import Announcer
 from mhd.config.validate import loads
@@ -151,14 +151,7 @@ def test_a_reload_that_changes_only_the_sysctls_applies_them(tmp_path: Path) -> 
     proc = tmp_path / "proc"
     assert int((proc / "conntrack").read_text()) == 1
     Path(d.config_path).write_text(CONFIG.replace("net.ipv4.vs.conntrack: 1", "net.ipv4.vs.conntrack: 0"))
-
-    async def reload() -> None:  # as SIGHUP does: no pass is due, the reload asks for a fleet step
-        main = asyncio.create_task(d.main_loop())
-        assert (await asyncio.wait_for(d.request_reload(), timeout=60)).ok  # answered after the step
-        d.stop()
-        await main
-
-    asyncio.run(reload())
+    assert asyncio.run(reload_through_the_main_loop(d)).ok  # no pass is due: the reload asks for a step
     assert int((proc / "conntrack").read_text()) == 0
 
 

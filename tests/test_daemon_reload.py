@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fakes import ModelKernel
+from fakes import ModelKernel, reload_through_the_main_loop
 
 from mhd.config.validate import load
 from mhd.daemon import Daemon, ReloadResult, targets
@@ -54,16 +54,7 @@ def reload(d: Daemon, text: str) -> set[str]:
     kernel: ModelKernel = d.client  # type: ignore[assignment]
     old, seen = d.config, len(kernel.asked)
     Path(d.config_path).write_text(text)
-
-    async def scenario() -> ReloadResult:
-        main = asyncio.create_task(d.main_loop())
-        try:
-            return await answer(d.request_reload())  # answered after the reload's pass
-        finally:
-            main.cancel()
-            await asyncio.gather(main, return_exceptions=True)
-
-    assert asyncio.run(scenario()).ok
+    assert asyncio.run(reload_through_the_main_loop(d)).ok
     assert d.config is not None and old is not None
     asked = set(kernel.asked[seen:])
     return {s.name for s in (*old.services, *d.config.services) if s.key in asked}
