@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from fakes import FakeDaemon
-from test_api import aio, get_json, make_daemon, post_json, served
+from servers import aio
+from test_api import get_json, make_daemon, post_json, served
 
 from mhd.api.metrics import Metrics
 
