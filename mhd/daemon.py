@@ -71,7 +71,7 @@ class Daemon(Passes):
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                next_full = await self._iteration(next_full)
+                next_full = await self.iterate(next_full)
             except Exception as exc:  # see the docstring
                 self._loop_errors.report("the main loop", exc)
                 next_full = time.monotonic() + self.config.reconcile_interval
@@ -83,9 +83,12 @@ class Daemon(Passes):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wait))
 
-    async def _iteration(self, next_full: float) -> float:
-        """One turn of the main loop: a pending reload, then a whole or scoped pass; returns when
-        the next whole pass is due."""
+    async def iterate(self, next_full: float) -> float:
+        """One turn of the main loop: a requested reload, then a whole pass if `next_full`
+        (monotonic) has come or a scoped one if services wait, then a fleet step if one is owed;
+        returns when the next whole pass is due. Reload requests are answered at its end.
+        `main_loop` calls it between waits; a caller that drives the daemon itself (a benchmark)
+        calls it directly."""
         assert self.config is not None
         waiters: list[asyncio.Future[ReloadResult]] = []
         result: ReloadResult | None = None
