@@ -30,10 +30,10 @@ def config(announce: bool, services: int = 1000, servers: int = 16) -> str:
 
 def per_step(announce: bool, rounds: int = 10) -> float:
     d = FakeDaemon(Path(tempfile.mkdtemp()), config(announce))
-    asyncio.run(d._fleet_step())  # the first builds every digest
+    asyncio.run(d.step_fleet())  # the first builds every digest
     t = time.perf_counter()
     for _ in range(rounds):
-        asyncio.run(d._fleet_step())
+        asyncio.run(d.step_fleet())
     return (time.perf_counter() - t) / rounds
 
 

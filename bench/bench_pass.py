@@ -22,38 +22,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
 
 from bench_apply import config  # noqa: E402
-from fakes import FakeRoutes  # noqa: E402
+from fakes import FakeRoutes, ModelKernel  # noqa: E402
 
 from mhd.announcer import Announcer  # noqa: E402
 from mhd.daemon import Daemon  # noqa: E402
 from mhd.kernel import KernelInfo  # noqa: E402
-from mhd.planner import apply_ops  # noqa: E402
 from mhd.state import StateDir  # noqa: E402
-
-
-class ModelKernel:
-    """IPVS as the planner models it: a dump is a copy of the dict, a write applies the ops."""
-
-    def __init__(self) -> None:
-        self.table: dict[Any, Any] = {}
-        self.writes = 0
-
-    async def services(self) -> dict[Any, Any]:
-        return dict(self.table)
-
-    async def service(self, key: object) -> object:
-        return self.table.get(key)
-
-    async def apply(self, ops: list[Any]) -> list[Any]:
-        self.table = apply_ops(self.table, ops)
-        self.writes += len(ops)
-        return []
 
 
 async def measure(n: int, per: int, rounds: int) -> dict[str, float]:
@@ -67,9 +46,9 @@ async def measure(n: int, per: int, rounds: int) -> dict[str, float]:
     d.state.lock()  # as the daemon: owned services and drains from memory
     d.fleet = Announcer(d.state, open_routes=FakeRoutes, sysctl_root=work / "no-proc")
     t = time.process_time()
-    cfg = d._load()
+    cfg = d.load_config()
     gc.freeze()  # as the daemon after its load, and again after its first pass
-    d._adopt(cfg)
+    d.adopt(cfg)
     loaded = time.process_time() - t
     t = time.process_time()
     await d.reconcile_once()
@@ -84,7 +63,7 @@ async def measure(n: int, per: int, rounds: int) -> dict[str, float]:
         path.write_text(config(n, per, bump=n // 2, weight=3 + r, interval=3600))
         t = time.process_time()
         answer = d.request_reload()
-        await d._iteration(time.monotonic() + 3600)
+        await d.iterate(time.monotonic() + 3600)  # the reload, its scoped pass, the fleet step
         assert answer.result().ok
         reloads.append(time.process_time() - t)
         await d.fleet.tables_settled()

@@ -71,7 +71,7 @@ class Daemon(Passes):
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                next_full = await self._iteration(next_full)
+                next_full = await self.iterate(next_full)
             except Exception as exc:  # see the docstring
                 self._loop_errors.report("the main loop", exc)
                 next_full = time.monotonic() + self.config.reconcile_interval
@@ -83,9 +83,12 @@ class Daemon(Passes):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wait))
 
-    async def _iteration(self, next_full: float) -> float:
-        """One turn of the main loop: a pending reload, then a whole or scoped pass; returns when
-        the next whole pass is due."""
+    async def iterate(self, next_full: float) -> float:
+        """One turn of the main loop: a requested reload, then a whole pass if `next_full`
+        (monotonic) has come or a scoped one if services wait, then a fleet step if one is owed;
+        returns when the next whole pass is due. Reload requests are answered at its end.
+        `main_loop` calls it between waits; a caller that drives the daemon itself (a benchmark)
+        calls it directly."""
         assert self.config is not None
         waiters: list[asyncio.Future[ReloadResult]] = []
         result: ReloadResult | None = None
@@ -93,7 +96,7 @@ class Daemon(Passes):
             if self._reload_requested:
                 self._reload_requested = False
                 waiters, self._reload_waiters = self._reload_waiters, []
-                result = await self._reload()
+                result = await self.reload()
             if time.monotonic() >= next_full:
                 self._pending.clear()
                 await self.reconcile_once()
@@ -101,8 +104,8 @@ class Daemon(Passes):
             elif self._pending:
                 only, self._pending = self._pending, set()
                 await self.reconcile_once(only)
-            if self._fleet_due or (self.fleet is not None and self.fleet.due(time.time())):
-                await self._fleet_step()
+            if self.fleet_step_due(time.time()):
+                await self.step_fleet()
         finally:  # the reload's changes are in the kernel now (or it was rejected, or a pass failed)
             if result is not None:
                 sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
@@ -122,10 +125,11 @@ class Daemon(Passes):
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(every)
 
-    async def _first_dump(self) -> dict[ServiceKey, Service] | None:
-        """The kernel before anything is decided. Health starts from it (servers already in IPVS
-        keep serving through a restart), so a failed dump is retried, never replaced by a guess.
-        None: stopped before a dump succeeded."""
+    async def first_dump(self) -> dict[ServiceKey, Service] | None:
+        """The kernel before anything is decided, read with `client` (`run` does it once, before
+        adopting the config). Health starts from it (servers already in IPVS keep serving through a
+        restart), so a failed dump is retried, never replaced by a guess. None: stopped before a
+        dump succeeded."""
         assert self.client is not None
         delay = 0.1
         while True:
@@ -161,7 +165,7 @@ class Daemon(Passes):
     ) -> int:
         """Start, serve until SIGTERM/SIGINT, stop. `on_ready` starts the API and returns its closer."""
         self.kernel = kernel.info()
-        config = self._load()
+        config = self.load_config()
         gc.freeze()  # the config lives as long as the daemon: no collection rescans 100,000 servers
         for warning in kernel.load_modules(config.schedulers()):
             log.warning("%s", warning)
@@ -179,11 +183,11 @@ class Daemon(Passes):
         tasks: list[asyncio.Task[Any]] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         try:
-            observed = await self._first_dump()
+            observed = await self.first_dump()
             if observed is None:  # stopped while the kernel could not be read: nothing was decided
                 return 0
             self.observed = observed
-            self._adopt(config)
+            self.adopt(config)
             self.last_reload = ReloadResult(True, time.time(), [], config.sha256)
             writes_before = self.client.writes
             await self.reconcile_once()

@@ -77,13 +77,15 @@ class Passes(Reloading):
             log.info(
                 "reconciled %s: %d operations in %.3fs", scope, len(outcome.ops), time.monotonic() - started
             )
-        await self._fleet_step()
+        await self.step_fleet()
         for hook in self.hooks:
             hook()
         sdnotify.notify("STATUS=" + self.status_line())
 
-    async def _fleet_step(self) -> None:
-        """After a pass (or a drain, a reload, a hold-down's end): sysctls, announcements, digests."""
+    async def step_fleet(self) -> None:
+        """The fleet step, now: sysctls, then the announcement of the VIPs' routes, then the table
+        digests (built in the background; `fleet.tables_settled` waits for them). Every pass ends
+        with one; the main loop also runs one when `fleet_step_due` says so."""
         self._fleet_due = False
         if self.fleet is None or self.config is None or self.state is None:
             return
@@ -99,6 +101,11 @@ class Passes(Reloading):
                 self.fleet.publish_tables(self.config, self.observed, params)
         except Exception as exc:  # routes and sysctls are retried by the next step
             self._loop_errors.report("announcing routes or setting sysctls", exc)
+
+    def fleet_step_due(self, now: float) -> bool:
+        """Whether the main loop owes a fleet step outside a pass: a drain or a reload asked for one,
+        or a hold-down ended (`now`: wall clock)."""
+        return self._fleet_due or (self.fleet is not None and self.fleet.due(now))
 
     def set_drained(self, drained: bool) -> None:
         """Drain (withdraw every route, IPVS keeps serving) or undrain this director; persisted."""

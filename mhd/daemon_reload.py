@@ -56,7 +56,7 @@ class Reloading:
         self.targets: dict[tuple[str, DestKey], Target] = {}
         self.transitions = 0
         self.observed: dict[ServiceKey, Service] = {}  # the kernel after the last pass
-        self._reloader = ConfigReloader()
+        self.reloader = ConfigReloader()  # remembers the last good load: a reload costs what its edit costs
         self._load_errors = ErrorLog()
         # Requests for the main loop: a reload, services to pass over, the fleet step.
         self._wake = asyncio.Event()
@@ -66,10 +66,13 @@ class Reloading:
         self._fleet_due = False
 
     # --- config ----------------------------------------------------------------------------------
-    def _load(self) -> Config:
+    def load_config(self) -> Config:
+        """Read and validate the config file for this kernel, without adopting it (start adopts it
+        after the first dump; `reload` at once). Raises ConfigError for a bad file, KernelError for a
+        setting this kernel cannot honour."""
         info = self.kernel or kernel.info()
-        self._reloader.mh_slots = mh_table_size(info.mh_tab_index)
-        config = self._reloader.load(self.config_path)
+        self.reloader.mh_slots = mh_table_size(info.mh_tab_index)
+        config = self.reloader.load(self.config_path)
         self._refuse_quiesce(config, info)
         return config
 
@@ -81,8 +84,10 @@ class Reloading:
         if refused:
             raise kernel.KernelError("\n".join(refused))
 
-    def _adopt(self, config: Config, replaced: Replaced | None = None) -> None:
+    def adopt(self, config: Config, replaced: Replaced | None = None) -> None:
         """Make `config` the running one: new targets start, unchanged ones keep their health.
+        The kernel is not touched: the next pass (whole, or over the services a reload changed)
+        makes it follow.
 
         With `replaced` (a reload: the services that left and those that came, see
         `replaced_services`), only their targets are looked at, so the cost follows the edit
@@ -142,8 +147,12 @@ class Reloading:
         self._wake.set()
         return future
 
-    async def _reload(self) -> ReloadResult:
-        """Reload, with the file read and parsed in a worker thread.
+    async def reload(self) -> ReloadResult:
+        """Reload now, on the caller's task: adopt the file, or keep the running config and say why.
+        While the main loop runs, ask it with `request_reload` instead: it reloads between passes and
+        answers once the changes are in the kernel. The result is also kept in `last_reload`.
+
+        The file is read and parsed in a worker thread.
 
         The parse is bounded (MAX_BYTES, MAX_NODES in `mhd.config.yamlsource`), but a file near the
         bounds still takes seconds; on the event loop that would stall the probes, the API and the
@@ -160,7 +169,7 @@ class Reloading:
         """The new config, or the messages that say why there is none. Never raises: whatever a file
         does to the loader, the daemon keeps its running config."""
         try:
-            return self._load()
+            return self.load_config()
         except ConfigError as exc:
             return [str(p) for p in exc.problems]
         except kernel.KernelError as exc:
@@ -194,9 +203,9 @@ class Reloading:
             log.warning(
                 "state-dir changes take effect at the next restart; still using %s", self.config.state_dir
             )
-        replaced = self._reloader.replaced or replaced_services(self.config, config)
+        replaced = self.reloader.replaced or replaced_services(self.config, config)
         changed = changed_services(self.config, config, replaced)
-        self._adopt(config, replaced)
+        self.adopt(config, replaced)
         self._pending |= changed
         log.info(
             "reloaded %s: %d services changed (read and adopted in %.3fs)",

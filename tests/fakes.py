@@ -7,6 +7,7 @@ modules `from fakes import ...`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import threading
@@ -24,7 +25,8 @@ from mhd.daemon import Daemon
 from mhd.health import CheckResult, Health, State
 from mhd.kernel import KernelInfo
 from mhd.membership import desired_state
-from mhd.model import DestKey, Service, Stats, parse_ip
+from mhd.model import DestKey, Service, ServiceKey, Stats, parse_ip
+from mhd.planner import Op, apply_ops
 from mhd.reconcile import Outcome
 from mhd.reports import ReloadResult
 from mhd.state import StateDir
@@ -48,7 +50,8 @@ def health(state: State, transitions: int | None = None) -> Health:
 class FakeDaemon(Daemon):
     """A daemon on `text` (a config file written to tmp_path) after one pass, as if the servers in
     `down` had failed their checks; the fake kernel holds every service except those in `absent`,
-    with the counters `stats` gives each server (by name, e.g. "10.0.0.1:80")."""
+    with the counters `stats` gives each server (by name, e.g. "10.0.0.1:80"); `routes` is the route
+    table its fleet step writes."""
 
     def __init__(
         self,
@@ -66,17 +69,18 @@ class FakeDaemon(Daemon):
         self.absent = set(absent)
         self.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
         self.state = StateDir(tmp_path / "state")
-        self._adopt(load(path))
-        self.fleet = Announcer(self.state, open_routes=FakeRoutes, sysctl_root=tmp_path / "no-proc")
+        self.adopt(load(path))
+        self.routes = FakeRoutes()
+        self.fleet = Announcer(self.state, open_routes=lambda: self.routes, sysctl_root=tmp_path / "no-proc")
         self.last_reload = ReloadResult(True, time.time(), [], self.config.sha256 if self.config else "")
         for service, server in self.targets:
             self.set_health(service, str(server), health("down" if (service, str(server)) in down else "up"))
         self.refresh()
 
-    async def _fleet_step(self) -> None:
+    async def step_fleet(self) -> None:
         """The daemon's step, then its digests (built in the background by the daemon): a test reads
         them right after, and `asyncio.run` would cancel the background task at its end."""
-        await super()._fleet_step()
+        await super().step_fleet()
         if self.fleet is not None:
             await self.fleet.tables_settled()
 
@@ -99,6 +103,38 @@ class FakeDaemon(Daemon):
             observed[k] = dataclasses.replace(want.service, dests=dests)
         self.observed = observed
         self.outcome = Outcome(observed, [], [], [], members)
+
+
+async def reload_through_the_main_loop(d: Daemon) -> ReloadResult:
+    """Reload as SIGHUP does: a running main loop reloads and answers once the reload's pass and
+    fleet step are done. The loop is cancelled afterwards, not stopped: a stop would end it for good."""
+    main = asyncio.create_task(d.main_loop())
+    try:
+        return await asyncio.wait_for(d.request_reload(), timeout=60)  # a dead loop fails, not hangs
+    finally:
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+
+
+class ModelKernel:
+    """IPVS as the planner models it (`mhd.planner.apply_ops`) behind the calls a reconcile pass makes
+    (`mhd.ipvs.IpvsClient`): for the daemon's bookkeeping on the host; the real client runs against
+    the kernel in tests/vm. `asked` lists, in order, the services scoped passes read one by one."""
+
+    def __init__(self) -> None:
+        self.table: dict[ServiceKey, Service] = {}
+        self.asked: list[ServiceKey] = []
+
+    async def services(self) -> dict[ServiceKey, Service]:
+        return dict(self.table)
+
+    async def service(self, key: ServiceKey) -> Service | None:
+        self.asked.append(key)
+        return self.table.get(key)
+
+    async def apply(self, ops: list[Op]) -> list[Any]:
+        self.table = apply_ops(self.table, ops)
+        return []
 
 
 def spy_imports(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> list[tuple[str, bool]]:

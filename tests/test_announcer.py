@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from pathlib import Path
 
-from fakes import FakeDaemon, FakeRoutes, health
+from fakes import FakeDaemon, FakeRoutes, health, reload_through_the_main_loop
 
 from mhd.announcer import Announcer
 from mhd.config.validate import loads
@@ -53,7 +54,7 @@ def director(tmp_path: Path, kernel: FakeRoutes, *, verdicts: bool = True) -> Fa
 
 def step(d: FakeDaemon) -> None:
     d.refresh()
-    asyncio.run(d._fleet_step())
+    asyncio.run(d.step_fleet())
 
 
 def mine(kernel: FakeRoutes) -> set[object]:
@@ -105,7 +106,7 @@ def test_a_drain_withdraws_everything_and_survives_a_restart(tmp_path: Path) -> 
     d = director(tmp_path, kernel)
     step(d)
     d.set_drained(True)
-    assert d._fleet_due and "drained" in d.status_line()
+    assert d.fleet_step_due(time.time()) and "drained" in d.status_line()
     step(d)
     assert mine(kernel) == set() and FOREIGN in kernel.table
     assert d.fleet is not None and d.fleet.withdrawn()
@@ -150,12 +151,7 @@ def test_a_reload_that_changes_only_the_sysctls_applies_them(tmp_path: Path) -> 
     proc = tmp_path / "proc"
     assert int((proc / "conntrack").read_text()) == 1
     Path(d.config_path).write_text(CONFIG.replace("net.ipv4.vs.conntrack: 1", "net.ipv4.vs.conntrack: 0"))
-
-    async def reload() -> None:
-        assert (await d._reload()).ok
-        await d._iteration(next_full=float("inf"))  # no pass is due: only the fleet step runs
-
-    asyncio.run(reload())
+    assert asyncio.run(reload_through_the_main_loop(d)).ok  # no pass is due: the reload asks for a step
     assert int((proc / "conntrack").read_text()) == 0
 
 
@@ -202,7 +198,7 @@ def test_a_stop_during_a_step_closes_the_route_socket_after_it_in_its_own_thread
     fleet = d.fleet
 
     async def stop_mid_step() -> None:
-        task = asyncio.create_task(d._fleet_step())
+        task = asyncio.create_task(d.step_fleet())
         await asyncio.sleep(0.1)  # the step's thread is in the kernel's dump now
         task.cancel()  # what SIGTERM does to the daemon's run
         await asyncio.gather(task, return_exceptions=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import pytest
 from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 from fakes import FakeDaemon, health, spy_imports
+from servers import aio, closed_port
 
 from mhd.api import handlers, listeners, server
 from mhd.api import model as maglev_model
@@ -56,18 +56,6 @@ WEB1_STATS = Stats(active_conns=5, inactive_conns=2, conns=100, in_packets=1000,
 
 def make_daemon(tmp_path: Path, text: str = CONFIG) -> FakeDaemon:
     return FakeDaemon(tmp_path, text, down=DOWN, stats={"10.0.0.1:80": WEB1_STATS}, absent={"empty"})
-
-
-def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(20):
-                await fn(*args, **kwargs)
-
-        asyncio.run(bounded())
-
-    return wrapper
 
 
 @contextlib.asynccontextmanager
@@ -366,16 +354,10 @@ async def test_the_maglev_model_is_imported_off_the_loop(
 # --- the real listeners -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @aio
 async def test_start_serves_tcp_and_a_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "run" / "mhd.sock"
-    port = free_port()
+    port = closed_port()
     api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}, socket-mode: "0600"}}'
     d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
     sock.parent.mkdir()
@@ -407,7 +389,7 @@ async def test_start_serves_tcp_and_a_unix_socket(tmp_path: Path) -> None:
 @aio
 async def test_predict_takes_the_documented_10000_clients_on_the_real_listener(tmp_path: Path) -> None:
     """10,000 clients make a request line of ~300 KB, past aiohttp's default limit of 8,190 bytes."""
-    port = free_port()
+    port = closed_port()
     d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", f"api: {{listen: '127.0.0.1:{port}', socket: ''}}"))  # fmt: skip
     clients = [f"198.51.{i >> 8 & 255}.{i & 255}:{40000 + i}" for i in range(10_000)]
     query = "&".join(f"client={c}" for c in clients)
@@ -437,7 +419,7 @@ async def test_the_maglev_model_is_imported_at_start_not_at_first_use(tmp_path: 
 async def start_on_tcp_and_unix(tmp_path: Path) -> tuple[Callable[[], Awaitable[None]], int, Path]:
     """The API of a test daemon on a free loopback port and a unix socket: (closer, port, socket)."""
     sock = tmp_path / "mhd.sock"
-    port = free_port()
+    port = closed_port()
     api = f'api: {{listen: "127.0.0.1:{port}", socket: {sock}}}'
     d = make_daemon(tmp_path, CONFIG.replace("api: {listen: '', socket: ''}", api))
     return await start(d), port, sock
@@ -687,7 +669,7 @@ async def test_non_utf8_bytes_in_authorization_are_a_401_not_a_traceback(
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     token.chmod(0o600)
-    port = free_port()
+    port = closed_port()
     close = await start(make_daemon(tmp_path, token_config(token, port)))
     caplog.set_level(logging.DEBUG)
     try:
@@ -745,7 +727,7 @@ async def test_loose_permissions_are_warned_about_at_start(
     token.chmod(0o644)
     sock = tmp_path / "mhd.sock"
     extra = f', socket: {sock}, socket-mode: "0666"'
-    text = token_config(token, free_port(), extra=extra).replace("socket: '', ", "")
+    text = token_config(token, closed_port(), extra=extra).replace("socket: '', ", "")
     with caplog.at_level(logging.WARNING):
         close = await start(make_daemon(tmp_path, text))
         await close()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from fakes import FakeDaemon
-from test_api import aio, get_json, make_daemon, post_json, served
+from servers import aio
+from test_api import get_json, make_daemon, post_json, served
 
 from mhd.api.metrics import Metrics
 
@@ -29,7 +30,7 @@ services:
 
 async def announced(tmp_path: Path) -> FakeDaemon:
     d = FakeDaemon(tmp_path, CONFIG)
-    await d._fleet_step()
+    await d.step_fleet()
     return d
 
 
@@ -49,7 +50,7 @@ async def test_drain_and_undrain_persist_and_show_in_status(tmp_path: Path) -> N
         assert fleet["announce"]["table"] == 100 and fleet["announce"]["protocol"] == 250
         assert not fleet["drained"] and not fleet["withdrawn"]
         assert await post_json(client, "/v1/drain") == {"drained": True, "withdrawn": False}
-        await d._fleet_step()
+        await d.step_fleet()
         status = await get_json(client, "/v1/status")
         assert status["fleet"]["drained"] and status["fleet"]["withdrawn"]
         assert (
@@ -75,7 +76,7 @@ async def test_drain_over_tcp_needs_the_token(tmp_path: Path) -> None:
 @aio
 async def test_every_live_mh_service_has_a_digest_in_status_tables_and_metrics(tmp_path: Path) -> None:
     d = make_daemon(tmp_path)
-    await d._fleet_step()
+    await d.step_fleet()
     assert d.fleet is not None
     async with served(d, trusted=False) as client:
         services = {s["name"]: s for s in (await get_json(client, "/v1/status"))["services"]}
@@ -95,7 +96,7 @@ def test_the_vip_metric_follows_the_decision(tmp_path: Path) -> None:
     text = Metrics(d).render().decode()
     assert 'mhd_vip_announced{vip="203.0.113.15"} 1' in text
     d.set_drained(True)
-    asyncio.run(d._fleet_step())
+    asyncio.run(d.step_fleet())
     text = Metrics(d).render().decode()
     assert 'mhd_vip_announced{vip="203.0.113.15"} 0' in text and "\nmhd_drained 1\n" in text
 
@@ -121,7 +122,7 @@ def test_a_pass_does_not_wait_for_the_table_digests(tmp_path: Path, monkeypatch:
     fleet = d.fleet
 
     async def scenario() -> None:
-        await Daemon._fleet_step(d)  # the daemon's own step, not the fake's (which waits for them)
+        await Daemon.step_fleet(d)  # the daemon's own step, not the fake's (which waits for them)
         assert fleet.tables == {}  # returned while the digests are still being built
         release.set()
         await fleet.tables_settled()

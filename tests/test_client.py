@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeDaemon
+from servers import closed_port
 
 from mhd.api.server import start
 from mhd.ctl import main as ctl
@@ -37,18 +38,12 @@ services:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_daemon(tmp_path: Path) -> FakeDaemon:
     """10.0.0.2:80 refuses its checks (down, out of the kernel); every other server is up."""
     token = tmp_path / "token"
     token.write_text("t0ken\n")
     token.chmod(0o600)
-    text = CONFIG.format(port=free_port(), socket=tmp_path / "mhd.sock", token=token)
+    text = CONFIG.format(port=closed_port(), socket=tmp_path / "mhd.sock", token=token)
     d = FakeDaemon(tmp_path, text)
     refused = CheckResult(False, 0.0021, "connection refused", time.time() - 3)
     d.set_health("web", "10.0.0.2:80", Health("down", 0, 3, 1, refused))

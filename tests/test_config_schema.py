@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from mhd.config import validate
+from mhd.config import services, validate
 from mhd.config.schema import schema
 from mhd.config.validate import loads
 from mhd.config.yamlsource import ConfigError, parse, plain
@@ -116,7 +116,7 @@ def test_a_new_key_table_appears_without_describing_it(monkeypatch: pytest.Monke
     own it is a mapping of those keys."""
     monkeypatch.setattr(validate, "TOP_KEYS", (*validate.TOP_KEYS, "announce"), raising=True)
     monkeypatch.setattr(validate, "ANNOUNCE_KEYS", ("table", "hold-down"), raising=False)
-    monkeypatch.setattr(validate, "SERVICE_KEYS", (*validate.SERVICE_KEYS, "announce"), raising=True)
+    monkeypatch.setattr(services, "SERVICE_KEYS", (*services.SERVICE_KEYS, "announce"), raising=True)
     doc = schema()
     assert set(doc["properties"]["announce"]["properties"]) == {"table", "hold-down"}
     assert "announce" in doc["definitions"]["service"]["properties"]

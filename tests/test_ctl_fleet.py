@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import FakeDaemon, FakeRoutes
+from fakes import FakeDaemon
 from test_client import mhctl, running
 
 CONFIG = """
@@ -29,24 +29,19 @@ def director(tmp_path: Path, servers: list[str] = SERVERS) -> tuple[FakeDaemon, 
     tmp_path.mkdir(exist_ok=True)
     sock = str(tmp_path / "mhd.sock")
     d = FakeDaemon(tmp_path, CONFIG.format(socket=sock, servers=", ".join(f'"{s}"' for s in servers)))
-    asyncio.run(d._fleet_step())
+    asyncio.run(d.step_fleet())
     return d, sock
-
-
-def routes(d: FakeDaemon) -> FakeRoutes:
-    assert d.fleet is not None
-    return d.fleet._kernel  # type: ignore[return-value]
 
 
 def test_drain_wait_returns_once_every_route_is_withdrawn(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d, sock = director(tmp_path)
-    assert routes(d).announced(100, 250)
+    assert d.routes.announced(100, 250)
     with running(d):
         code, out, _ = mhctl(capsys, "drain", "--wait", "--socket", sock)
         assert (code, out) == (0, "drained\nevery route withdrawn\n")
-        assert routes(d).announced(100, 250) == set()
+        assert d.routes.announced(100, 250) == set()
         code, out, _ = mhctl(capsys, "status", "--socket", sock)
         assert code == 0 and "fleet   DRAINED, table 100" in out
         assert "vip 203.0.113.15  withdrawn  drained" in out

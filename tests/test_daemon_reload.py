@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fakes import ModelKernel, reload_through_the_main_loop
 
-from mhd.config.diff import changed_services
 from mhd.config.validate import load
 from mhd.daemon import Daemon, ReloadResult, targets
 from mhd.kernel import KernelInfo
-from mhd.planner import apply_ops
 from mhd.state import StateDir
 
 
@@ -34,21 +33,31 @@ def config_text(weights: dict[str, int], interval: str = "2s", services: tuple[s
 
 
 def daemon(tmp_path: Path, text: str) -> Daemon:
+    """A daemon that adopted `text`, on a model kernel (`fakes.ModelKernel`) that starts empty."""
     path = tmp_path / "mhd.yaml"
     path.write_text(text)
     d = Daemon(str(path), str(tmp_path / "state"))
     d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
-    d.config = d._load()
-    d._adopt(d.config)
+    d.client, d.state = ModelKernel(), StateDir(tmp_path / "state")  # type: ignore[assignment]
+    d.adopt(d.load_config())
     return d
 
 
+async def answer(future: asyncio.Future[ReloadResult]) -> ReloadResult:
+    """The reload's result; a loop that died would leave it unanswered (bounded: a failure, not a hang)."""
+    return await asyncio.wait_for(future, timeout=60)
+
+
 def reload(d: Daemon, text: str) -> set[str]:
-    old = d.config
+    """Reload `text` as SIGHUP does, through the main loop; the names of the services its scoped pass
+    read from the kernel (a key that changed hands names both its old and its new service)."""
+    kernel: ModelKernel = d.client  # type: ignore[assignment]
+    old, seen = d.config, len(kernel.asked)
     Path(d.config_path).write_text(text)
-    assert asyncio.run(d._reload()).ok
+    assert asyncio.run(reload_through_the_main_loop(d)).ok
     assert d.config is not None and old is not None
-    return {s.name for s in (*old.services, *d.config.services) if s.key in changed_services(old, d.config)}
+    asked = set(kernel.asked[seen:])
+    return {s.name for s in (*old.services, *d.config.services) if s.key in asked}
 
 
 def health_objects(d: Daemon, service: str) -> list[object]:
@@ -65,8 +74,7 @@ def test_a_weight_edit_touches_one_service_and_keeps_every_health(tmp_path: Path
     d = daemon(tmp_path, config_text({}))
     before = {name: health_objects(d, name) for name in "abc"}
     assert reload(d, config_text({"b2": 5})) == {"b"}
-    assert d._reloader.incremental_loads == 1
-    assert d.config is not None and d._pending == {d.config.services[1].key}
+    assert d.reloader.incremental_loads == 1
     for name in "abc":  # the weight is not part of the check: every server keeps its state object
         assert all(x is y for x, y in zip(before[name], health_objects(d, name), strict=True))
     assert_same_as_a_fresh_adoption(d)
@@ -90,33 +98,17 @@ def test_removing_and_adding_services(tmp_path: Path) -> None:
     assert_same_as_a_fresh_adoption(d)
     assert reload(d, config_text({}, services=("a", "c", "d"))) == {"d"}
     assert_same_as_a_fresh_adoption(d)
-    assert d._reloader.incremental_loads == 2
-
-
-class ModelKernel:
-    """IPVS as the planner models it (fine for the daemon's bookkeeping; the VM suite has the real one)."""
-
-    def __init__(self) -> None:
-        self.services: dict = {}
-
-    async def service(self, key: object) -> object:
-        return self.services.get(key)
-
-    async def apply(self, ops: list) -> list:
-        self.services = apply_ops(self.services, ops)
-        return []
+    assert d.reloader.incremental_loads == 2
 
 
 def test_status_sees_the_kernel_as_the_pass_left_it(tmp_path: Path) -> None:
     """A pass that writes must not leave the daemon's view (status, metrics) on the dump it planned on."""
     d = daemon(tmp_path, config_text({}))
-    d.client, d.state = ModelKernel(), StateDir(tmp_path / "state")  # type: ignore[assignment]
     assert d.config is not None
     key = d.config.services[1].key
     asyncio.run(d.reconcile_once({key}))
     assert len(d.observed[key].dests) == 4  # created by this very pass
-    reload(d, config_text({"b2": 5}))
-    asyncio.run(d.reconcile_once({key}))
+    assert reload(d, config_text({"b2": 5})) == {"b"}  # and the reload's own pass over b
     assert {dest.weight for dest in d.observed[key].dests} == {1, 5}
 
 
@@ -133,7 +125,7 @@ def test_an_invalid_reload_keeps_the_running_config(tmp_path: Path, text: str) -
     d = daemon(tmp_path, config_text({}))
     running, running_targets = d.config, dict(d.targets)
     Path(d.config_path).write_text(text)
-    result = asyncio.run(d._reload())
+    result = asyncio.run(d.reload())
     assert not result.ok and result.errors[0].startswith(f"{d.config_path}:2:"), result.errors
     assert d.config is running and d.targets == running_targets
     assert d.reload_counts == {"ok": 0, "error": 1}
@@ -149,9 +141,9 @@ def test_an_unexpected_loader_error_keeps_the_running_config(
     def broken(_path: object) -> None:
         raise RuntimeError("injected loader bug")
 
-    monkeypatch.setattr(d._reloader, "load", broken)
+    monkeypatch.setattr(d.reloader, "load", broken)
     for _ in range(3):
-        result = asyncio.run(d._reload())
+        result = asyncio.run(d.reload())
         assert not result.ok and "injected loader bug" in result.errors[0]
     assert d.config is running
     tracebacks = [r for r in caplog.records if r.exc_info and "injected loader bug" in r.getMessage()]
@@ -180,17 +172,12 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-async def answer(future: asyncio.Future[ReloadResult]) -> ReloadResult:
-    """The reload's result; a loop that died would leave it unanswered (bounded: a failure, not a hang)."""
-    return await asyncio.wait_for(future, timeout=60)
-
-
 def test_the_main_loop_survives_failing_passes_and_any_reload(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     d = daemon(tmp_path, "reconcile-interval: 100ms\n" + config_text({}))
     kernel = FailingKernel()
-    d.client, d.state = kernel, StateDir(tmp_path / "state")  # type: ignore[assignment]
+    d.client = kernel  # type: ignore[assignment]
     good = Path(d.config_path).read_text()
 
     async def scenario() -> None:
@@ -216,16 +203,15 @@ def test_a_reload_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pyte
     """While a big file is parsed, the loop keeps running probes, the API and the watchdog: here the
     load waits for a callback that only a running loop can deliver."""
     d = daemon(tmp_path, config_text({}))
-    d.client, d.state = ModelKernel(), StateDir(tmp_path / "state")  # type: ignore[assignment]
     loop_ran = threading.Event()
-    real_load = d._reloader.load
+    real_load = d.reloader.load
     seen: list[bool] = []
 
     def slow_load(path: str) -> object:
         seen.append(loop_ran.wait(timeout=10))  # on the loop's own thread this could only time out
         return real_load(path)
 
-    monkeypatch.setattr(d._reloader, "load", slow_load)
+    monkeypatch.setattr(d.reloader, "load", slow_load)
 
     async def scenario() -> None:
         main = asyncio.create_task(d.main_loop())

@@ -70,7 +70,7 @@ def test_a_failed_first_dump_is_retried_not_fatal(tmp_path: Path, caplog: pytest
     with a traceback. The dump is retried: health starts from it, so it is never guessed."""
     daemon = Daemon(str(tmp_path / "mhd.yaml"), str(tmp_path / "state"))
     daemon.client = FlakyDumps(failures=2)  # type: ignore[assignment]
-    assert asyncio.run(daemon._first_dump()) == {}
+    assert asyncio.run(daemon.first_dump()) == {}
     assert daemon.client.calls == 3  # type: ignore[attr-defined]
     assert sum("reading IPVS at start failed" in r.getMessage() for r in caplog.records) == 2
 
@@ -80,7 +80,7 @@ def test_a_stop_while_the_kernel_cannot_be_read_decides_nothing(tmp_path: Path) 
         daemon = Daemon(str(tmp_path / "mhd.yaml"), str(tmp_path / "state"))
         daemon.client = FlakyDumps(failures=10**6)  # type: ignore[assignment]
         asyncio.get_running_loop().call_later(0.3, daemon.stop)
-        return await daemon._first_dump()
+        return await daemon.first_dump()
 
     assert asyncio.run(go()) is None
 

@@ -109,7 +109,7 @@ def test_state_is_read_at_scrape_time(tmp_path: Path) -> None:
     d.set_disabled("web", "10.0.0.3", True)
     assert value(scrape(metrics), "mhd_server_disabled", service="web", remote_address="10.0.0.3") == 1
     assert d.config is not None
-    d._adopt(dataclasses.replace(d.config, services=d.config.services[:1]))  # web only
+    d.adopt(dataclasses.replace(d.config, services=d.config.services[:1]))  # web only
     s = scrape(metrics)
     assert {x.labels["service"] for x in s["mhd_server_up"]} == {"web"}
 
@@ -152,7 +152,7 @@ def test_daemon_counters_and_reloads(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("services: [{name: Bad}]\n")
     d.config_path = str(broken)
-    assert not asyncio.run(d._reload()).ok  # the daemon's own reload path counts it
+    assert not asyncio.run(d.reload()).ok  # the daemon's own reload path counts it
     for hook in d.hooks:
         hook()
     s = scrape(metrics)

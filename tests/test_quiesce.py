@@ -215,12 +215,12 @@ def test_the_daemon_refuses_quiesce_on_a_detected_backport_at_start_and_reload(t
     path.write_text(config_text(2, "remove"))
     d = Daemon(str(path), str(tmp_path / "state"))
     d.kernel = KernelInfo("6.1.0-test", True, "backport", 12, "default")
-    d.config = d._load()  # remove: fine on the backport
+    d.config = d.load_config()  # remove: fine on the backport
     path.write_text(config_text(2, "quiesce"))
     with pytest.raises(KernelError, match="service web: on-failure: quiesce needs the in-tree"):
-        d._load()  # what start does
+        d.load_config()  # what start does
     running = d.config
-    result = asyncio.run(d._reload())
+    result = asyncio.run(d.reload())
     assert not result.ok and "needs the in-tree ip_vs_mh" in result.errors[0]
     assert d.config is running  # the running config stays, nothing downgraded
 
@@ -232,11 +232,11 @@ def test_a_quiesced_server_starts_down_after_a_restart(tmp_path: Path) -> None:
     path.write_text(config_text(3, "quiesce").replace("servers:", "check: {type: tcp}, servers:"))
     d = Daemon(str(path), str(tmp_path / "state"))
     d.kernel = KernelInfo("6.1.0-test", True, "intree", 12, "default")
-    config = d._load()
+    config = d.load_config()
     svc = config.services[0]
     keys = [s.key for s in svc.servers]
     d.observed = apply_ops({}, plan(desired_state(config, health({keys[0], keys[2]}), {})[0], {}))
-    d._adopt(config)
+    d.adopt(config)
     assert [d.healthy("web", k) for k in keys] == [True, False, True]
     desired, _ = desired_state(config, d.healthy, {})
     assert plan(desired, d.observed, {svc.key}) == []

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from fakes import FakeDaemon
+from servers import closed_port
 
 from mhd.api.handlers import Api
 from mhd.api.metrics import Metrics
@@ -141,13 +141,6 @@ def serving(d: FakeDaemon) -> Iterator[str]:
         loop.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class WebDriver:
     """The few W3C WebDriver commands the test needs, over chromedriver's HTTP API."""
 
@@ -188,7 +181,7 @@ class WebDriver:
 
 @contextlib.contextmanager
 def browser() -> Iterator[WebDriver]:
-    port = free_port()
+    port = closed_port()
     driver = subprocess.Popen(
         [str(DRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

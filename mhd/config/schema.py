@@ -8,9 +8,9 @@ validator accepts, and to know every key it knows.
 The keys come from the validator's key tables (TOP_KEYS, SERVICE_KEYS, CHECK_KEYS, ...), the
 choices from the same constants the validator checks against, the duration syntax and bounds from
 `mhd.config.fields`. A key without an entry in VALUES still appears (any value), and a key with a
-`<KEY>_KEYS` table in `mhd.config.validate` becomes a mapping of those keys, so a new key is in the
-schema before anyone describes it; tests/test_config_schema.py fails until docs/mhd.schema.json is
-regenerated (`python -m mhd.config.schema > docs/mhd.schema.json`).
+`<KEY>_KEYS` table in `mhd.config.validate` or `mhd.config.services` becomes a mapping of those
+keys, so a new key is in the schema before anyone describes it; tests/test_config_schema.py fails
+until docs/mhd.schema.json is regenerated (`python -m mhd.config.schema > docs/mhd.schema.json`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from mhd.config import validate
+from mhd.config import services, validate
 from mhd.config.checks import CHECK_KEYS, QTYPES, RCODES
 from mhd.config.checkspec import CHECK_TYPES
 from mhd.config.fields import DURATION_BOUNDS, DURATION_RE, OTHER_DURATIONS
@@ -76,7 +76,7 @@ CHECK_VALUES: dict[str, Schema] = {
     ("host", "body-regex", "sni", "client-cert", "client-key", "payload", "expect", "query-name"), STRING
 )
 SERVICE_VALUES: dict[str, Schema] = {
-    "name": {"type": "string", "pattern": validate.NAME_RE.pattern},
+    "name": {"type": "string", "pattern": services.NAME_RE.pattern},
     "address": {"type": "string", "description": "the VIP, IPv4 or IPv6"},
     "port": integer(1, 65535),
     "protocol": choice(PROTOCOLS),
@@ -123,10 +123,12 @@ NESTED_VALUES: dict[str, dict[str, Schema]] = {
 
 def mapping(keys: Iterable[str], values: dict[str, Schema]) -> Schema:
     """An object of exactly `keys`: each with its schema in `values`, else a mapping of its own
-    `<KEY>_KEYS` table when the validator has one, else any value."""
+    `<KEY>_KEYS` table when the validator has one (the file's keys in `validate`, a service's in
+    `services`), else any value."""
     props: dict[str, Schema] = {}
     for key in keys:
-        table = getattr(validate, key.upper().replace("-", "_") + "_KEYS", None)
+        name = key.upper().replace("-", "_") + "_KEYS"
+        table = getattr(validate, name, None) or getattr(services, name, None)
         if key in values:
             props[key] = values[key]
         elif isinstance(table, tuple):
@@ -138,10 +140,10 @@ def mapping(keys: Iterable[str], values: dict[str, Schema]) -> Schema:
 
 def schema() -> Schema:
     """The whole JSON Schema (draft-07: what YAML language servers support best)."""
-    service = mapping(validate.SERVICE_KEYS, SERVICE_VALUES)
+    service = mapping(services.SERVICE_KEYS, SERVICE_VALUES)
     service["required"] = ["name"]
     server = {
-        "anyOf": [{"type": "string", "pattern": ENDPOINT}, mapping(validate.SERVER_KEYS, SERVER_VALUES)]
+        "anyOf": [{"type": "string", "pattern": ENDPOINT}, mapping(services.SERVER_KEYS, SERVER_VALUES)]
     }
     server["anyOf"][1]["required"] = ["address"]
     defaults = mapping(validate.DEFAULT_KEYS, SERVICE_VALUES)
