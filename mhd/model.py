@@ -111,10 +111,15 @@ class DestKey:
 
     address: IPAddress
     port: int
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((int(self.address), self.port)))
 
     def __hash__(self) -> int:
-        # ipaddress hashes through hex(): this is the key of every per-server dict of a pass.
-        return hash((int(self.address), self.port))
+        # Computed once (ipaddress hashes through hex()): a pass hashes every key three or more
+        # times (membership, health, the plan's dicts), a dump builds it once.
+        return self._hash
 
     def canonical(self) -> tuple[int, int, int]:
         """The canonical position of this destination in an mh service's list.
