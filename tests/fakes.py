@@ -86,7 +86,7 @@ class FakeDaemon(Daemon):
 
     def set_health(self, service: str, server: str, value: Health) -> None:
         target = self.targets[(service, key(server))]
-        self.prober._where[target].slots[target].health = value
+        self.prober._where[target].health = value
 
     def refresh(self) -> None:
         """What a reconcile pass would leave behind, computed from health and drains."""

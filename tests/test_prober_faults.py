@@ -109,7 +109,7 @@ async def test_the_audit_starts_a_lost_check_again(monkeypatch: pytest.MonkeyPat
         prober.set_targets([target])
         await prober.start()
         await until(lambda: prober.counters(target).probes >= 2)
-        check = prober._where[target]
+        check = prober._where[target].check
         # What a MemoryError half-way through a callback leaves: no probe in flight, no alarm.
         prober._cancel(check)
         probes = prober.counters(target).probes

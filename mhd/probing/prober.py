@@ -93,6 +93,7 @@ class Counters:
 @dataclass(slots=True)
 class _Slot:
     health: Health
+    check: _Check  # the probe that feeds this target (shared by targets with the same check key)
     counters: Counters = field(default_factory=Counters)
 
 
@@ -166,8 +167,7 @@ class Prober:
         self._on_transition = on_transition
         self._on_probe = on_probe
         self._checks: dict[CheckKey, _Check] = {}
-        self._where: dict[Target, _Check] = {}
-        self._slots: dict[Target, _Slot] = {}  # the same slots as in `_where`: health in one lookup
+        self._where: dict[Target, _Slot] = {}  # a target's health and check in one lookup
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: Timers | None = None
@@ -212,15 +212,14 @@ class Prober:
         check = self._checks.get(key)
         if check is None:
             check = self._checks[key] = _Check(key)
-        check.slots[target] = self._slots[target] = _Slot(initial(in_kernel, target.spec))
+        check.slots[target] = self._where[target] = _Slot(initial(in_kernel, target.spec), check)
         check.services = None
-        self._where[target] = check
         if self._running and check.alarm is None and check.probe is None:
             self._first(check)  # new, or a `none` check left unscheduled until now (see _first)
 
     def _remove(self, target: Target) -> None:
-        check = self._where.pop(target)
-        del check.slots[target], self._slots[target]
+        check = self._where.pop(target).check
+        del check.slots[target]
         check.services = None
         if not check.slots:
             del self._checks[check.key]
@@ -229,15 +228,15 @@ class Prober:
     # --- status -------------------------------------------------------------------------------
 
     def health(self, target: Target) -> Health:
-        return self._slots[target].health
+        return self._where[target].health
 
     def counters(self, target: Target) -> Counters:
-        return self._slots[target].counters
+        return self._where[target].counters
 
     def sharing(self, target: Target) -> tuple[str, ...]:
         """The services fed by the probe of `target` (its own included), sorted: built once per
         change of the check's targets, since a status of 16,000 servers asks for every one."""
-        check = self._where[target]
+        check = self._where[target].check
         if check.services is None:
             check.services = tuple(sorted({t.service for t in check.slots}))
         return check.services
