@@ -80,11 +80,12 @@ class ConfigReloader:
         """Read and validate `path`, like `mhd.config.validate.load`. Raises ConfigError listing every problem.
 
         Services equal to the previous load's are that load's very objects (`reuse_unchanged`)."""
-        config = self._load(str(path), path)
+        config = self._load(path)
         self._previous = config
         return config
 
-    def _load(self, file: str, path: str | Path) -> Config:
+    def _load(self, path: str | Path) -> Config:
+        file = str(path)
         data = read(path)
         sha256 = hashlib.sha256(data).hexdigest()
         last = self._last
@@ -227,10 +228,10 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
     first = bisect.bisect_right(last.starts, start) - 1
     after = max(bisect.bisect_left(last.starts, old_end), first + 1)  # first untouched item
     stop = last.starts[after] if after < len(last.starts) else last.end
-    span = _split(last, data[last.starts[first] : stop + delta])
-    if span is None:
+    raw = data[last.starts[first] : stop + delta]
+    items = _split(last, raw)
+    if items is None:
         return None
-    raw, items, offsets = span
     old_items = [old[a:b] for a, b in itertools.pairwise([*last.starts[first:after], stop])]
     base_line = last.lines[first]
     services: list[ServiceConfig] = []
@@ -242,18 +243,18 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         kept = last.config.services[first + i1 : first + i2]
         run: tuple[ServiceConfig, ...] = ()
-        if j1 < j2 and tag != "equal":
+        if tag == "equal":
+            run = kept
+        elif j1 < j2:  # replaced or inserted items (a deletion has none)
             parsed = _reread(last, raw[items[j1][0] : items[j2 - 1][1]], base_line + items[j1][2], first + j1, j2 - j1)
             if parsed is None:
                 return None
             run = reuse_unchanged(kept, parsed)  # reformatted, or only a comment changed
-        if tag == "equal":
-            run = kept
         same = {id(x) for x in kept} & {id(x) for x in run}
         gone += [x for x in kept if id(x) not in same]
         came += [x for x in run if id(x) not in same]
         services += run
-    return _merged(last, data, sha256, (first, after, start, old_end, delta), services, gone, came, offsets)
+    return _merged(last, data, sha256, (first, after, start, old_end, delta), services, gone, came, items)
 
 
 def _merged(
@@ -264,7 +265,7 @@ def _merged(
     services: list[ServiceConfig],
     gone: list[ServiceConfig],
     came: list[ServiceConfig],
-    positions: list[tuple[int, int]],
+    items: list[tuple[int, int, int]],
 ) -> _Edit | None:
     """The new snapshot once services [first, after) became `services`: None if the result needs
     the full load (no service left, or a duplicate name or virtual service, which it reports)."""
@@ -283,19 +284,17 @@ def _merged(
     base_offset, base_line = last.starts[first], last.lines[first]
     snapshot = replace(
         last, data=data, config=last.config.edited(merged, sha256, tuple(gone), tuple(came)),
-        starts=last.starts[:first] + [base_offset + o for o, _ in positions] + [o + delta for o in last.starts[after:]],
-        lines=last.lines[:first] + [base_line + n for _, n in positions] + [n + line_delta for n in last.lines[after:]],
+        starts=last.starts[:first] + [base_offset + a for a, _, _ in items] + [o + delta for o in last.starts[after:]],
+        lines=last.lines[:first] + [base_line + n for _, _, n in items] + [n + line_delta for n in last.lines[after:]],
         end=last.end + delta, names=names | new_names, keys=keys | new_keys,
     )  # fmt: skip
     return _Edit(snapshot, (tuple(gone), tuple(came)))
 
 
-def _split(
-    last: _Snapshot, raw: bytes
-) -> tuple[bytes, list[tuple[int, int, int]], list[tuple[int, int]]] | None:
+def _split(last: _Snapshot, raw: bytes) -> list[tuple[int, int, int]] | None:
     """`raw`, whole lines that start where a service started, cut into its items: for each, its
-    byte range in `raw` and its first line (from 0); and for each, (offset, line) again as the
-    snapshot keeps them. None on any doubt (anchors, odd line breaks, a line that ends the list)."""
+    byte range in `raw` and its first line (from 0). None on any doubt (anchors, odd line breaks,
+    a line that ends the list)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -310,8 +309,7 @@ def _split(
         return None
     offsets = _line_offsets(raw, starts[-1]) if starts else [0]
     bounds = [offsets[n] for n in starts] + [len(raw)]
-    items = [(bounds[k], bounds[k + 1], n) for k, n in enumerate(starts)]
-    return raw, items, [(offsets[n], n) for n in starts]
+    return [(bounds[k], bounds[k + 1], n) for k, n in enumerate(starts)]
 
 
 def _reread(
