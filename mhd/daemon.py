@@ -58,6 +58,7 @@ class Daemon(Passes):
         self.stop_deadline = stop_deadline  # the process's (`main`), not an embedding test's
         self._stop = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None  # `run`, cancelled by `stop`
+        self._gave_way = False  # the last whole pass was abandoned for a reload (`_whole_pass`)
 
     # --- the main loop ---------------------------------------------------------------------------
     async def main_loop(self) -> None:
@@ -84,39 +85,81 @@ class Daemon(Passes):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wait))
 
     async def iterate(self, next_full: float) -> float:
-        """One turn of the main loop: a requested reload, then a whole pass if `next_full`
-        (monotonic) has come or a scoped one if services wait, then a fleet step if one is owed;
-        returns when the next whole pass is due. Reload requests are answered at its end.
-        `main_loop` calls it between waits; a caller that drives the daemon itself (a benchmark)
-        calls it directly."""
+        """One turn of the main loop: a requested reload and its scoped pass, then a whole pass if
+        `next_full` (monotonic) has come or a scoped one if services wait, then a fleet step if one
+        is owed; returns when the next whole pass is due. Reload requests are answered as soon as
+        their own changes are in the kernel, before the turn's whole pass. `main_loop` calls it
+        between waits; a caller that drives the daemon itself (a benchmark) calls it directly."""
         assert self.config is not None
-        waiters: list[asyncio.Future[ReloadResult]] = []
+        if self._reload_requested:
+            await self._reload_for_waiters()
+        if time.monotonic() >= next_full:
+            if await self._whole_pass():
+                next_full = time.monotonic() + self.config.reconcile_interval
+        elif self._pending:
+            only, self._pending = self._pending, set()
+            await self.reconcile_once(only)
+        if self.fleet_step_due(time.time()):
+            await self.step_fleet()
+        return next_full
+
+    async def _reload_for_waiters(self) -> None:
+        """Reload, write what it changed, answer everyone who asked (rejected, or its pass failed:
+        they are answered all the same)."""
+        self._reload_requested = False
+        waiters, self._reload_waiters = self._reload_waiters, []
         result: ReloadResult | None = None
         try:
-            if self._reload_requested:
-                self._reload_requested = False
-                waiters, self._reload_waiters = self._reload_waiters, []
-                result = await self.reload()
-            if time.monotonic() >= next_full:
-                self._pending.clear()
-                await self.reconcile_once()
-                next_full = time.monotonic() + self.config.reconcile_interval
-            elif self._pending:
+            result = await self.reload()
+            if result.ok and self._pending:
                 only, self._pending = self._pending, set()
                 await self.reconcile_once(only)
-            if self.fleet_step_due(time.time()):
-                await self.step_fleet()
-        finally:  # the reload's changes are in the kernel now (or it was rejected, or a pass failed)
+        finally:
             if result is not None:
                 sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
             for w in waiters:
                 if not w.done():
-                    if result is not None:
-                        w.set_result(result)
-                    else:
-                        failed = ReloadResult(False, time.time(), ["the reload failed: see the daemon's log"])
-                        w.set_result(failed)
-        return next_full
+                    if result is None:
+                        result = ReloadResult(False, time.time(), ["the reload failed: see the daemon's log"])
+                    w.set_result(result)
+
+    async def _whole_pass(self) -> bool:
+        """The periodic whole pass, which gives way to a reload that comes while it is still reading
+        the kernel: under emulation at 16,000 destinations the dump alone takes seconds, and the
+        operator who edited one weight should not wait for it. Nothing is lost by abandoning it (it
+        has written nothing; the next turn reloads, then runs a whole pass from a fresh dump). A pass
+        that has begun writing runs to its end, and a pass is abandoned at most once in a row, so a
+        stream of reloads cannot starve the drift repair. Returns whether the pass ran."""
+        assert self.client is not None
+        waiting, self._pending = self._pending, set()
+        if self._gave_way:
+            self._gave_way = False
+            await self.reconcile_once()
+            return True
+        writes = self.client.writes
+        whole = asyncio.ensure_future(self.reconcile_once())
+        self._give_way = asyncio.get_running_loop().create_future()
+        try:
+            while not whole.done():
+                await asyncio.wait({whole, self._give_way}, return_when=asyncio.FIRST_COMPLETED)
+                if whole.done():
+                    break
+                self._give_way = asyncio.get_running_loop().create_future()
+                if self.reading_kernel and self.client.writes == writes:
+                    whole.cancel()
+                    await asyncio.gather(whole, return_exceptions=True)
+                    self._pending |= waiting
+                    self._gave_way = True
+                    log.info("a reload came while the whole pass read the kernel: reloading first")
+                    return False
+        except asyncio.CancelledError:  # the daemon stops: so does the pass
+            whole.cancel()
+            await asyncio.gather(whole, return_exceptions=True)
+            raise
+        finally:
+            self._give_way = None
+        await whole
+        return True
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def _watchdog(self, every: float) -> None:
@@ -165,7 +208,12 @@ class Daemon(Passes):
     ) -> int:
         """Start, serve until SIGTERM/SIGINT, stop. `on_ready` starts the API and returns its closer."""
         self.kernel = kernel.info()
+        started = time.monotonic()
         config = self.load_config()
+        log.info(
+            "loaded %s: %d services, %d servers in %.2fs",
+            self.config_path, len(config.services), config.server_count, time.monotonic() - started,
+        )  # fmt: skip
         gc.freeze()  # the config lives as long as the daemon: no collection rescans 100,000 servers
         for warning in kernel.load_modules(config.schedulers()):
             log.warning("%s", warning)

@@ -35,6 +35,7 @@ class Passes(Reloading):
         self.outcome: Outcome | None = None
         self.refused: set[ServiceKey] = set()  # configured, but someone else's: left alone
         self.reconciles = 0
+        self.reading_kernel = False  # a whole pass is inside `reconcile` (dump, plan, writes)
         self.drift_repairs = 0
         self.op_counts: dict[str, int] = {}
         self._loop_errors = ErrorLog()
@@ -46,6 +47,7 @@ class Passes(Reloading):
         assert self.client is not None and self.config is not None and self.state is not None
         started = time.monotonic()
         try:
+            self.reading_kernel = only is None
             outcome = await reconcile(self.client, self.config, self.state, self.healthy, only=only)
         except (NetlinkError, OSError) as exc:
             log.error("reconcile failed, retrying in %gs: %s", self.config.reconcile_interval, exc)
@@ -53,6 +55,8 @@ class Passes(Reloading):
         except Exception as exc:  # a bug in one pass must not end the daemon
             self._loop_errors.report(f"a reconcile pass (retrying in {self.config.reconcile_interval:g}s)", exc)
             return
+        finally:
+            self.reading_kernel = False
         self._loop_errors.recovered("reconcile passes")
         self.reconciles += 1
         self._log_panics(outcome)

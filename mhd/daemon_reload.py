@@ -62,6 +62,7 @@ class Reloading:
         self._wake = asyncio.Event()
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self._reload_requested = False
+        self._give_way: asyncio.Future[None] | None = None  # set while a whole pass could yield
         self._pending: set[ServiceKey] = set()
         self._fleet_due = False
 
@@ -145,6 +146,8 @@ class Reloading:
         self._reload_waiters.append(future)
         self._reload_requested = True
         self._wake.set()
+        if self._give_way is not None and not self._give_way.done():
+            self._give_way.set_result(None)  # a whole pass still reading the kernel yields to it
         return future
 
     async def reload(self) -> ReloadResult:

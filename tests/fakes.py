@@ -124,6 +124,7 @@ class ModelKernel:
     def __init__(self) -> None:
         self.table: dict[ServiceKey, Service] = {}
         self.asked: list[ServiceKey] = []
+        self.writes = 0  # as IpvsClient.writes: operations sent
 
     async def services(self) -> dict[ServiceKey, Service]:
         return dict(self.table)
@@ -133,6 +134,7 @@ class ModelKernel:
         return self.table.get(key)
 
     async def apply(self, ops: list[Op]) -> list[Any]:
+        self.writes += len(ops)
         self.table = apply_ops(self.table, ops)
         return []
 

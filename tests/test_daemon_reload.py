@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import ModelKernel, reload_through_the_main_loop
@@ -15,6 +16,8 @@ from fakes import ModelKernel, reload_through_the_main_loop
 from mhd.config.validate import load
 from mhd.daemon import Daemon, ReloadResult, targets
 from mhd.kernel import KernelInfo
+from mhd.model import Service, ServiceKey
+from mhd.planner import Op
 from mhd.state import StateDir
 
 
@@ -155,6 +158,7 @@ class FailingKernel:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.writes = 0
 
     async def services(self) -> object:
         self.calls += 1
@@ -223,3 +227,103 @@ def test_a_reload_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pyte
 
     asyncio.run(scenario())
     assert seen == [True]
+
+
+class HeldKernel(ModelKernel):
+    """A model kernel whose whole dumps (or writes) can be held, as a dump of 16,000 destinations
+    under emulation holds a pass for seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_dumps = self.hold_writes = False
+        self.release = asyncio.Event()
+        self.held = 0  # calls now waiting for `release`
+        self.dumps_done = self.dumps_cancelled = 0
+
+    async def _held(self) -> None:
+        self.held += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.held -= 1
+
+    async def services(self) -> dict[ServiceKey, Service]:
+        try:
+            if self.hold_dumps:
+                await self._held()
+        except asyncio.CancelledError:
+            self.dumps_cancelled += 1
+            raise
+        self.dumps_done += 1
+        return await super().services()
+
+    async def apply(self, ops: list[Op]) -> list[Any]:
+        if self.hold_writes:
+            self.writes += len(ops)  # sent, not yet acknowledged
+            await self._held()
+            self.writes -= len(ops)
+        return await super().apply(ops)
+
+
+def weight_in_kernel(d: Daemon, service: str, server: str) -> int:
+    assert d.config is not None and d.client is not None
+    svc = d.config.by_name(service)
+    assert svc is not None
+    table: dict[ServiceKey, Service] = d.client.table  # type: ignore[attr-defined]
+    return next(x.weight for x in table[svc.key].dests if str(x.key.address) == server)
+
+
+def test_a_reload_does_not_wait_for_a_whole_pass_still_reading_the_kernel(tmp_path: Path) -> None:
+    """Regression (issue 15, peer benchmark at 16,000 destinations under emulation): a SIGHUP that
+    came during the periodic dump waited 9 s for the whole pass. The pass gives way while it has
+    written nothing, once in a row: the next whole pass runs to its end whatever comes."""
+    d = daemon(tmp_path, "reconcile-interval: 100ms\n" + config_text({}))
+    kernel = HeldKernel()
+    d.client = kernel  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        await d.reconcile_once()
+        kernel.hold_dumps = True
+        main = asyncio.create_task(d.main_loop())
+        await wait_until(lambda: kernel.held == 1, "a whole pass reading the kernel")
+        Path(d.config_path).write_text("reconcile-interval: 100ms\n" + config_text({"a1": 5}))
+        assert (await answer(d.request_reload())).ok  # while the dump is still held
+        assert weight_in_kernel(d, "a", "10.1.0.1") == 5
+        assert kernel.dumps_cancelled == 1
+        await wait_until(lambda: kernel.held == 1, "the next whole pass reading the kernel")
+        Path(d.config_path).write_text("reconcile-interval: 100ms\n" + config_text({"a1": 6}))
+        second = d.request_reload()
+        await asyncio.sleep(0.2)
+        assert not second.done(), "a whole pass gave way twice in a row: drift repair could starve"
+        done = kernel.dumps_done
+        kernel.release.set()
+        assert (await answer(second)).ok
+        assert kernel.dumps_done > done and weight_in_kernel(d, "a", "10.1.0.1") == 6
+        d.stop()
+        await asyncio.gather(main, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_whole_pass_that_writes_is_not_abandoned_for_a_reload(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "reconcile-interval: 100ms\n" + config_text({}))
+    kernel = HeldKernel()
+    d.client = kernel  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        await d.reconcile_once()
+        kernel.table.clear()  # drift: the next whole pass writes everything back
+        kernel.hold_writes = True
+        main = asyncio.create_task(d.main_loop())
+        await wait_until(lambda: kernel.held == 1, "a whole pass writing")
+        Path(d.config_path).write_text("reconcile-interval: 100ms\n" + config_text({"a1": 5}))
+        future = d.request_reload()
+        await asyncio.sleep(0.2)
+        assert not future.done() and kernel.held == 1
+        kernel.release.set()
+        assert (await answer(future)).ok
+        assert weight_in_kernel(d, "a", "10.1.0.1") == 5 and len(kernel.table) == 3
+        d.stop()
+        await asyncio.gather(main, return_exceptions=True)
+
+    asyncio.run(scenario())
