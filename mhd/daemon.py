@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mhd import __version__, kernel, sdnotify
-from mhd.announcer import Announcer
 from mhd.config.records import ServiceConfig
 from mhd.config.validate import DEFAULT_CONFIGS, find_config
 from mhd.config.yamlsource import ConfigError
@@ -203,6 +202,15 @@ class Daemon(Passes):
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    def _open_fleet(self) -> None:
+        """The fleet side (routes, sysctls, table digests), opened after the first pass: its
+        modules are a quarter of the daemon's imports, and under emulation the VIPs' first writes
+        should not wait for them. The pass's own fleet step is the one `run` calls next."""
+        from mhd.announcer import Announcer
+
+        assert self.state is not None
+        self.fleet = Announcer(self.state)
+
     async def run(
         self, on_ready: Callable[[Daemon], Awaitable[Callable[[], Awaitable[None]]]] | None = None
     ) -> int:
@@ -221,7 +229,6 @@ class Daemon(Passes):
         self._refuse_quiesce(config, self.kernel)
         self.state = StateDir(self.state_dir_override or config.state_dir)
         self.state.lock()
-        self.fleet = Announcer(self.state)
         self.client = await IpvsClient.open()
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
@@ -239,6 +246,8 @@ class Daemon(Passes):
             self.last_reload = ReloadResult(True, time.time(), [], config.sha256)
             writes_before = self.client.writes
             await self.reconcile_once()
+            self._open_fleet()
+            await self.step_fleet()
             log.info(
                 "mhd %s started: %s; %d netlink writes at start",
                 __version__,
@@ -269,7 +278,8 @@ class Daemon(Passes):
                 await close()
             await self.prober.stop()
             self.client.close()
-            await self.fleet.aclose()
+            if self.fleet is not None:
+                await self.fleet.aclose()
             self.state.unlock()
         log.info("stopped; IPVS, routes and addresses left as they are")
         return 0

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mhd import sdnotify
-from mhd.announcer import Announcer, service_healths
 from mhd.daemon_errors import ErrorLog
 from mhd.daemon_reload import Reloading
 from mhd.ipvs import IpvsClient
@@ -21,6 +21,9 @@ from mhd.model import ServiceKey
 from mhd.netlink import NetlinkError
 from mhd.reconcile import Outcome, log_refusals, reconcile
 from mhd.state import StateDir
+
+if TYPE_CHECKING:  # imported by `Daemon.run` after its first pass
+    from mhd.announcer import Announcer
 
 log = logging.getLogger("mhd")
 
@@ -93,6 +96,8 @@ class Passes(Reloading):
         self._fleet_due = False
         if self.fleet is None or self.config is None or self.state is None:
             return
+        from mhd.announcer import service_healths  # loaded with the fleet, after the first pass
+
         members = self.outcome.members if self.outcome is not None else {}
         config, observed, state = self.config, self.observed, self.state
         try:

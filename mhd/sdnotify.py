@@ -10,13 +10,12 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 try:  # pragma: no cover - depends on the host
     from systemd import daemon as _sd_daemon  # type: ignore[attr-defined,unused-ignore]
-    from systemd import journal as _sd_journal  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover
     _sd_daemon = None
-    _sd_journal = None
 
 
 def notify(state: str) -> bool:
@@ -68,9 +67,20 @@ def setup_logging(level: int = logging.INFO) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     handler: logging.Handler
-    if _sd_journal is not None and os.environ.get("JOURNAL_STREAM"):
-        handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER="mhd")
+    journal = _journal() if os.environ.get("JOURNAL_STREAM") else None
+    if journal is not None:
+        handler = journal.JournalHandler(SYSLOG_IDENTIFIER="mhd")
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_Readable("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+
+
+def _journal() -> Any:
+    """systemd.journal, imported only when stderr is the journal: with its uuid, platform and
+    datetime it is a dozen modules, which a daemon started outside systemd never uses."""
+    try:
+        from systemd import journal  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # pragma: no cover - depends on the host
+        return None
+    return journal

@@ -102,3 +102,14 @@ def test_a_transient_error_looking_up_ipvs_is_not_reported_as_no_ipvs() -> None:
     with pytest.raises(NetlinkError) as raised:
         asyncio.run(go(Sock()))
     assert not isinstance(raised.value, IpvsUnavailable) and raised.value.code == errno.ENOMEM
+
+
+def test_the_daemon_imports_only_what_its_first_pass_needs() -> None:
+    """Under emulation every module costs tens of milliseconds of start, before the first write
+    (issue 15): the API, the fleet side, the non-TCP checkers and the journal handler are imported
+    later (after the first pass, at the first probe of their type, under systemd only)."""
+    later = ["aiohttp", "numpy", "mhd.api", "mhd.announcer", "mhd.routes", "mhd.sysctl", "mhd.probing.exec",
+             "mhd.probing.http", "mhd.probing.dns", "systemd.journal", "difflib"]  # fmt: skip
+    code = f"import sys, mhd.daemon; print(' '.join(m for m in {later!r} if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == []

@@ -17,7 +17,6 @@ the full path, whose errors are the authoritative ones. The tests compare both p
 from __future__ import annotations
 
 import bisect
-import difflib
 import hashlib
 import itertools
 import re
@@ -239,6 +238,8 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
     came: list[ServiceConfig] = []
     # Items whose bytes did not change are the very same services; only the others are parsed.
     # A file regenerated whole to change 50 services of 1,000 costs those 50, not the span.
+    import difflib  # reloads only: not part of the daemon's start
+
     matcher = difflib.SequenceMatcher(None, old_items, [raw[a:b] for a, b, _ in items], autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         kept = last.config.services[first + i1 : first + i2]

@@ -9,18 +9,15 @@ becomes a failed `CheckResult` whose ``detail`` says what happened; only cancell
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult
-from mhd.probing.dns import check_dns
 from mhd.probing.errors import CheckFailed, describe_error, is_local, timeout_detail
-from mhd.probing.exec import check_exec
-from mhd.probing.http import check_http
 from mhd.probing.timers import EXPIRED, timers
-from mhd.probing.udp import check_udp
 
 Checker = Callable[[CheckSpec, str, int, str], Awaitable[str]]
 
@@ -45,7 +42,7 @@ async def run(spec: CheckSpec, address: str, port: int, service: str) -> tuple[b
     cancelling = task.cancelling()
     deadline = timers(loop).call_at(loop.time() + spec.timeout, _expire, task)
     try:
-        return True, await CHECKERS[spec.type](spec, address, port, service), False, False
+        return True, await checker(spec.type)(spec, address, port, service), False, False
     except asyncio.CancelledError:
         if deadline[0] is EXPIRED and task.uncancel() <= cancelling:
             return False, timeout_detail(spec.timeout), True, False
@@ -66,11 +63,29 @@ async def check_none(spec: CheckSpec, address: str, port: int, service: str) -> 
     return "no check"
 
 
-CHECKERS: dict[str, Checker] = {
-    "none": check_none,
-    "http": check_http,
-    "https": check_http,
-    "udp": check_udp,
-    "dns": check_dns,
-    "exec": check_exec,
+# Check type -> (module, function); `checker` imports a module the first time its type runs: the
+# exec checker's subprocess machinery alone is a dozen modules, and a daemon whose services check
+# nothing but TCP (or nothing) should neither load them nor make its first pass wait for them.
+_WHERE = {
+    "http": ("mhd.probing.http", "check_http"),
+    "https": ("mhd.probing.http", "check_http"),
+    "udp": ("mhd.probing.udp", "check_udp"),
+    "dns": ("mhd.probing.dns", "check_dns"),
+    "exec": ("mhd.probing.exec", "check_exec"),
 }
+_LOADED: dict[str, Checker] = {"none": check_none}
+
+
+def checker(kind: str) -> Checker:
+    """The coroutine that runs a check of type `kind` (validated by the config: a known type)."""
+    found = _LOADED.get(kind)
+    if found is None:
+        module, name = _WHERE[kind]
+        found = _LOADED[kind] = getattr(importlib.import_module(module), name)
+    return found
+
+
+def preload(kinds: set[str]) -> None:
+    """Import the checkers of these check types now (plain TCP has none: `Probes` runs it)."""
+    for kind in kinds & _WHERE.keys():
+        checker(kind)

@@ -43,6 +43,7 @@ from typing import Any
 
 from mhd.config.checkspec import CheckSpec
 from mhd.health import CheckResult, Health, Transition, inconclusive, initial, observe, probe_interval
+from mhd.probing.checkers import preload
 from mhd.probing.faults import FaultWatch
 from mhd.probing.tcp import Probes
 from mhd.probing.timers import Timers, Token, timers
@@ -260,6 +261,7 @@ class Prober:
         self._running = True
         self._faults.install(loop)
         self._audit_timer = loop.call_later(AUDIT_EVERY, self._audit)
+        preload({key[0].type for key in self._checks})  # not at the first probe (a reload's new type: then)
         for check in self._checks.values():
             self._first(check)
 
