@@ -4,11 +4,13 @@ edits (a weight, a server, a service) take the shortcut."""
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mhd.config import reload as reload_module
 from mhd.config.diff import replaced_services
 from mhd.config.records import Config
 from mhd.config.reload import ConfigReloader
@@ -137,7 +139,10 @@ def test_any_edit_loads_exactly_as_a_full_load(
             lines = apply_edit(lines, kind, at, text)
         write(path, lines, newline_at_end)
         after = outcome(reloader, path)
-        assert after == outcome(None, path), "\n".join(lines)
+        full = outcome(None, path)
+        assert after == full, "\n".join(lines)
+        with mock.patch.object(reload_module, "_GROUP", 2):  # a first load, services read in groups
+            assert outcome(ConfigReloader(), path) == full, "\n".join(lines)
         if isinstance(before, Config) and isinstance(after, Config):
             assert_replaced_is_the_edit(reloader, before, after)
         before = after if isinstance(after, Config) else before
@@ -238,3 +243,34 @@ def test_edits_spread_over_the_file_re_read_only_the_changed_services(tmp_path: 
     assert sorted(s.name for s in gone) == ["s30", "s5"]
     assert sorted(s.name for s in came) == ["s30", "s5", "s99"]
     assert sum(1 for a in after.services for b in before.services if a is b) == 58
+
+
+@pytest.mark.parametrize("layout", [{}, {"defaults_after": True}, {"column": 0}])
+def test_a_first_load_reads_the_services_a_group_at_a_time(tmp_path: Path, layout: dict) -> None:
+    """Regression (issue 15): a 100,000-server file held its whole node tree at once, 340 MB."""
+    path = tmp_path / "mhd.yaml"
+    write(path, document(services=9, **layout))
+    reloader = ConfigReloader()
+    with mock.patch.object(reload_module, "_GROUP", 4):
+        config = reloader.load(path)
+    assert reloader.piecewise_loads == 1 and config == load(path)
+    write(path, [line.replace("weight: 2", "weight: 5") for line in document(services=9, **layout)])
+    assert reloader.load(path) == load(path) and reloader.incremental_loads == 1  # its snapshot serves
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda lines: [*lines, "  - name: s3", "    address: 10.9.0.1", "    servers: [10.9.1.1]"],  # a name twice
+        lambda lines: [*lines, "services: []"],  # the key twice
+        lambda lines: [line.replace("weight: 2", "weight: x") for line in lines],  # an error in one group
+        lambda lines: [line.replace("reconcile-interval: 5s", "reconcile-interval: soon") for line in lines],
+    ],
+)
+def test_a_first_load_with_a_problem_reports_what_the_full_load_reports(tmp_path: Path, edit) -> None:
+    path = tmp_path / "mhd.yaml"
+    write(path, edit(document(services=9)))
+    reloader = ConfigReloader()
+    with mock.patch.object(reload_module, "_GROUP", 4):
+        got = outcome(reloader, path)
+    assert isinstance(got, list) and got == outcome(None, path) and reloader.piecewise_loads == 0
