@@ -7,12 +7,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhd.config.validate import loads
+from mhd.config import reload as reload_module
+from mhd.config.reload import ConfigReloader
+from mhd.config.validate import load, loads
 from mhd.config.yamlsource import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,3 +135,24 @@ def test_mhctl_check_exits_0_or_2_without_a_traceback(tmp_path: Path, text: str)
     )
     assert run.returncode in (0, 2), run.stderr
     assert "Traceback" not in run.stderr
+
+
+def outcome(load_it: Callable[[], object]) -> object:
+    try:
+        return load_it()
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(mutated())
+def test_a_piecewise_first_load_gives_what_the_full_load_gives(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    """The daemon's first load reads the services list a group at a time when it safely can
+    (`mhd.config.reload._piecewise`); on mutated files it must give exactly the full load's config
+    or its errors."""
+    path = tmp_path_factory.mktemp("fuzz") / "mhd.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    with mock.patch.object(reload_module, "_GROUP", 2):
+        assert outcome(lambda: ConfigReloader().load(path)) == outcome(lambda: load(path))

@@ -15,6 +15,7 @@ import sys
 
 from mhd import kernel
 from mhd.config.records import Config
+from mhd.config.reload import ConfigReloader
 from mhd.config.validate import find_config, load
 from mhd.ctl.exits import UsageError
 from mhd.maglev import params
@@ -25,8 +26,10 @@ KEY_RE = re.compile(r"^(tcp|udp|sctp):(.+):(\d+)$|^fwmark:(\d+)(?:/(ipv4|ipv6))?
 
 
 def load_config(path: str) -> Config:
-    """The config at `path`, validated against this kernel's Maglev table size."""
-    return load(path, mh_slots=mh_table_size(kernel.mh_tab_index()[0]))
+    """The config at `path`, validated against this kernel's Maglev table size, as the daemon
+    loads it (`ConfigReloader`: a big file's services a group at a time, the same result and
+    errors as `load`)."""
+    return ConfigReloader(mh_table_size(kernel.mh_tab_index()[0])).load(path)
 
 
 def model_for(config: Config | None) -> Model:
