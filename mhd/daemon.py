@@ -57,7 +57,6 @@ class Daemon(Passes):
         self.stop_deadline = stop_deadline  # the process's (`main`), not an embedding test's
         self._stop = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None  # `run`, cancelled by `stop`
-        self._gave_way = False  # the last whole pass was abandoned for a reload (`_whole_pass`)
 
     # --- the main loop ---------------------------------------------------------------------------
     async def main_loop(self) -> None:
@@ -93,7 +92,7 @@ class Daemon(Passes):
         if self._reload_requested:
             await self._reload_for_waiters()
         if time.monotonic() >= next_full:
-            if await self._whole_pass():
+            if await self._whole_pass(next_full):
                 next_full = time.monotonic() + self.config.reconcile_interval
         elif self._pending:
             only, self._pending = self._pending, set()
@@ -122,19 +121,17 @@ class Daemon(Passes):
                         result = ReloadResult(False, time.time(), ["the reload failed: see the daemon's log"])
                     w.set_result(result)
 
-    async def _whole_pass(self) -> bool:
-        """The periodic whole pass, which gives way to a reload that comes while it is still reading
-        the kernel: under emulation at 16,000 destinations the dump alone takes seconds, and the
-        operator who edited one weight should not wait for it. Nothing is lost by abandoning it (it
-        has written nothing; the next turn reloads, then runs a whole pass from a fresh dump). A pass
-        that has begun writing runs to its end, and a pass is abandoned at most once in a row, so a
-        stream of reloads cannot starve the drift repair. Returns whether the pass ran."""
-        assert self.client is not None
+    async def _whole_pass(self, due: float) -> bool:
+        """The periodic whole pass (`due`: when it became due, monotonic), which gives way to a
+        reload that comes while it is still reading the kernel: under emulation at 100,000
+        destinations the dump alone takes tens of seconds, and the operator who edited one weight
+        should not wait for it. Nothing is lost by abandoning it (it has written nothing; the next
+        turn reloads, then runs a whole pass from a fresh dump). A pass that has begun writing runs
+        to its end, and so does a pass already an interval late, so that a stream of reloads delays
+        the drift repair by one interval at most. Returns whether the pass ran."""
+        assert self.client is not None and self.config is not None
         waiting, self._pending = self._pending, set()
-        if self._gave_way:
-            self._gave_way = False
-            await self.reconcile_once()
-            return True
+        late_at = due + self.config.reconcile_interval  # from then on it no longer gives way
         writes = self.client.writes
         whole = asyncio.ensure_future(self.reconcile_once())
         self._give_way = asyncio.get_running_loop().create_future()
@@ -144,11 +141,10 @@ class Daemon(Passes):
                 if whole.done():
                     break
                 self._give_way = asyncio.get_running_loop().create_future()
-                if self.reading_kernel and self.client.writes == writes:
+                if self.reading_kernel and self.client.writes == writes and time.monotonic() < late_at:
                     whole.cancel()
                     await asyncio.gather(whole, return_exceptions=True)
                     self._pending |= waiting
-                    self._gave_way = True
                     log.info("a reload came while the whole pass read the kernel: reloading first")
                     return False
         except asyncio.CancelledError:  # the daemon stops: so does the pass
