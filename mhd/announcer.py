@@ -261,6 +261,7 @@ class Announcer:
                 wanted[svc.name] = (signature, live)
         stale = {n: live for n, (sig, live) in wanted.items() if self._table_inputs.get(n, (None,))[0] != sig}
         if stale:
+            started = time.monotonic()
             try:
                 built = await asyncio.to_thread(_tables, stale, model)
             except ImportError as exc:  # no numpy: no digests, said once
@@ -269,6 +270,7 @@ class Announcer:
                 return
             for name, doc in built.items():
                 self._table_inputs[name] = (wanted[name][0], doc)
+            log.debug("built %d table digests in %.3fs", len(built), time.monotonic() - started)
         self._table_inputs = {n: v for n, v in self._table_inputs.items() if n in wanted}
         self.tables = {n: doc for n, (_, doc) in self._table_inputs.items()}
 

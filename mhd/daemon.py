@@ -147,6 +147,11 @@ class Daemon(Passes):
                     self._pending |= waiting
                     log.info("a reload came while the whole pass read the kernel: reloading first")
                     return False
+                log.debug(
+                    "a reload waits for the whole pass: %s",
+                    "it is writing" if self.reading_kernel else "it is past its read" if time.monotonic() < late_at
+                    else "it is an interval late",
+                )  # fmt: skip
         except asyncio.CancelledError:  # the daemon stops: so does the pass
             whole.cancel()
             await asyncio.gather(whole, return_exceptions=True)

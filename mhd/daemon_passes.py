@@ -79,14 +79,19 @@ class Passes(Reloading):
             log.warning("repaired drift: %d operations", len(outcome.ops))
         for op in outcome.ops:
             self.op_counts[op.kind] = self.op_counts.get(op.kind, 0) + 1
+        scope = "all services" if only is None else f"{len(only)} services"
         if outcome.ops:
-            scope = "all services" if only is None else f"{len(only)} services"
             log.info(
                 "reconciled %s: %d operations in %.3fs", scope, len(outcome.ops), time.monotonic() - started
             )
+        fleet_started = time.monotonic()
         await self.step_fleet()
         for hook in self.hooks:
             hook()
+        log.debug(
+            "pass over %s: kernel read, planned and written in %.3fs, fleet step and hooks %.3fs",
+            scope, fleet_started - started, time.monotonic() - fleet_started,
+        )  # fmt: skip
         sdnotify.notify("STATUS=" + self.status_line())
 
     async def step_fleet(self) -> None:
