@@ -31,7 +31,7 @@ from mhd.config.records import AnnounceConfig, Config
 from mhd.health import Health, has_verdict
 from mhd.maglev.params import Model
 from mhd.membership import Membership, service_state
-from mhd.model import DestKey, IPAddress, Service, ServiceKey
+from mhd.model import MH_FALLBACK, MH_PORT, DestKey, IPAddress, Service, ServiceKey
 from mhd.state import StateDir
 from mhd.sysctl_policy import PREFIX, Change, effective
 
@@ -257,7 +257,10 @@ class Announcer:
         for svc in config.services:
             live = observed.get(svc.key)
             if live is not None and live.scheduler == "mh" and live.dests:
-                signature = (live.dests, live.flags, model)  # an unchanged list is the same tuple: cheap
+                # An unchanged list is the same tuple (cheap); the flags as the digest reads them: a
+                # dump's carry the kernel's own HASHED bit, the planner's model of a pass does not,
+                # and every table was rebuilt after the first whole pass (58 s in the VM at 1,000).
+                signature = (live.dests, live.flags & (MH_PORT | MH_FALLBACK), model)
                 wanted[svc.name] = (signature, live)
         stale = {n: live for n, (sig, live) in wanted.items() if self._table_inputs.get(n, (None,))[0] != sig}
         if stale:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from fakes import FakeDaemon, FakeRoutes, health, reload_through_the_main_loop
 
+from mhd import announcer
 from mhd.announcer import Announcer
 from mhd.config.validate import loads
 from mhd.health import Health
+from mhd.model import MH_PORT, SVC_F_HASHED
 from mhd.routes import ROUTE_TYPE, Route
 
 CONFIG = """
@@ -143,6 +147,25 @@ def test_each_live_mh_service_gets_a_table_digest(tmp_path: Path) -> None:
     d.set_health("web", "10.0.0.2:80", health("down"))
     step(d)
     assert d.fleet.tables["web"]["digest"] != digest
+
+
+def test_a_dump_s_hashed_flag_does_not_rebuild_the_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 15): the kernel reports its own HASHED bit on every service, the start's
+    model of the kernel does not carry it, and the first whole pass rebuilt every table (58 s at
+    1,000 services under emulation, competing with the loop for the interpreter)."""
+    d = director(tmp_path, FakeRoutes())
+    step(d)
+    assert d.fleet is not None and d.config is not None
+    built: list[set[str]] = []
+    real = announcer._tables
+    monkeypatch.setattr(announcer, "_tables", lambda stale, model: built.append(set(stale)) or real(stale, model))
+    model = next(iter(d.fleet._table_inputs.values()))[0][2]
+    dumped = {k: replace(s, flags=s.flags | SVC_F_HASHED) for k, s in d.observed.items()}
+    asyncio.run(d.fleet.refresh_tables(d.config, dumped, model))
+    assert built == []
+    flipped = {k: replace(s, flags=s.flags ^ MH_PORT) for k, s in d.observed.items()}
+    asyncio.run(d.fleet.refresh_tables(d.config, flipped, model))
+    assert built == [{"web", "marked"}]  # a flag the digest reads does rebuild
 
 
 def test_a_reload_that_changes_only_the_sysctls_applies_them(tmp_path: Path) -> None:
