@@ -149,8 +149,8 @@ class Daemon(Passes):
                     return False
                 log.debug(
                     "a reload waits for the whole pass: %s",
-                    "it is writing" if self.reading_kernel else "it is past its read" if time.monotonic() < late_at
-                    else "it is an interval late",
+                    "it is past its read of the kernel" if not self.reading_kernel
+                    else "it is writing" if self.client.writes != writes else "it is an interval late",
                 )  # fmt: skip
         except asyncio.CancelledError:  # the daemon stops: so does the pass
             whole.cancel()
