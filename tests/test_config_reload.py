@@ -3,6 +3,7 @@ edits (a weight, a server, a service) take the shortcut."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from unittest import mock
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mhd.config import reload as reload_module
+from mhd.config import yamlsource
 from mhd.config.diff import replaced_services
 from mhd.config.records import Config
 from mhd.config.reload import ConfigReloader
@@ -274,3 +276,31 @@ def test_a_first_load_with_a_problem_reports_what_the_full_load_reports(tmp_path
     with mock.patch.object(reload_module, "_GROUP", 4):
         got = outcome(reloader, path)
     assert isinstance(got, list) and got == outcome(None, path) and reloader.piecewise_loads == 0
+
+
+def test_the_bound_on_values_holds_for_a_file_read_in_parts(tmp_path: Path) -> None:
+    """MAX_NODES bounds a whole file. A load that reads the services a group at a time, or a reload
+    that re-reads some of them, must refuse what the whole load refuses, not give each part a
+    budget of its own."""
+    path, reloader, _ = loaded(tmp_path, document(services=9))
+    total = reloader._last.nodes if reloader._last is not None else 0
+    assert total > 50
+
+    def bounded(limit: int) -> contextlib.AbstractContextManager[object]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(mock.patch.object(yamlsource, "MAX_NODES", limit))
+        stack.enter_context(mock.patch.object(reload_module, "MAX_NODES", limit))
+        stack.enter_context(mock.patch.object(reload_module, "_GROUP", 2))
+        return stack
+
+    with bounded(total - 1):
+        got = outcome(ConfigReloader(), path)
+        assert isinstance(got, list) and "more than" in got[0] and got == outcome(None, path)
+    with bounded(total + 1):
+        reloader = ConfigReloader()
+        assert isinstance(reloader.load(path), Config)
+        lines = document(services=9)
+        at = lines.index("      - {address: 10.2.4.1, weight: 1}")
+        write(path, [*lines[: at + 1], "      - {address: 10.2.4.9}", *lines[at + 1 :]])  # 2 values more
+        got = outcome(reloader, path)
+        assert isinstance(got, list) and "more than" in got[0] and got == outcome(None, path)

@@ -28,7 +28,16 @@ import yaml
 from mhd.config.diff import Replaced, reuse_unchanged
 from mhd.config.records import Config, ServiceConfig
 from mhd.config.validate import Inherited, load, validate, validate_services
-from mhd.config.yamlsource import ConfigError, Located, compose, gc_paused, locate, read
+from mhd.config.yamlsource import (
+    MAX_NODES,
+    ConfigError,
+    Located,
+    NodeBudget,
+    compose,
+    gc_paused,
+    locate,
+    read,
+)
 from mhd.model import ServiceKey
 
 # An anchor (&a) or alias (*a) ties distant parts of the file together: no shortcut then. This also
@@ -53,6 +62,7 @@ class _Snapshot:
     inherited: Inherited  # what an edited service is validated against
     names: frozenset[str]  # of every service: an edit must not duplicate one
     keys: frozenset[ServiceKey]
+    nodes: int  # YAML values read (after edits an upper bound): MAX_NODES bounds the whole file
 
 
 
@@ -109,9 +119,10 @@ class ConfigReloader:
                 config, snapshot = piecewise
             else:
                 root = compose(text, file)
-                tree = Located({}, 1, 1) if root is None else locate(root, "", file)
+                budget = NodeBudget()
+                tree = Located({}, 1, 1) if root is None else locate(root, "", file, budget)
                 config, inherited = validate(tree, file, self.mh_slots, sha256)
-                snapshot = _snapshot(file, self.mh_slots, data, text, root, config, inherited)
+                snapshot = _snapshot(file, self.mh_slots, data, text, root, config, inherited, budget.used)
             if self._previous is not None:
                 config = replace(config, services=reuse_unchanged(self._previous.services, config.services))
         self._last = None if snapshot is None else replace(snapshot, config=config)
@@ -150,11 +161,12 @@ def _piecewise(
     starts = _item_lines(lines, first, end, column)
     if not starts or starts[0] != first:
         return None
+    budget = NodeBudget()  # one for the whole file, as the full load's
     try:
         root = compose("\n".join(lines[: key + 1] + [""] * (end - key - 1) + lines[end:]), file)
         if root is None:
             return None
-        config, inherited = validate(locate(root, "", file), file, mh_slots, sha256)
+        config, inherited = validate(locate(root, "", file, budget), file, mh_slots, sha256)
     except ConfigError:
         return None
     if config.services:
@@ -164,7 +176,8 @@ def _piecewise(
     for g in range(0, len(starts), _GROUP):
         group = starts[g : g + _GROUP]
         stop = starts[g + _GROUP] if g + _GROUP < len(starts) else end
-        parsed = _reread(file, column, inherited, data[offsets[group[0]] : offsets[stop]], group[0], g, len(group))
+        raw = data[offsets[group[0]] : offsets[stop]]
+        parsed = _reread(file, column, inherited, raw, group[0], g, len(group), budget)
         if parsed is None:
             return None
         services += parsed
@@ -175,7 +188,7 @@ def _piecewise(
     config = replace(config, services=tuple(services))
     snapshot = _Snapshot(
         file, mh_slots, data, config, column, [offsets[n] for n in starts], starts, offsets[end],
-        inherited, names, keys_,
+        inherited, names, keys_, budget.used,
     )  # fmt: skip
     return config, snapshot
 
@@ -202,6 +215,7 @@ def _snapshot(
     root: yaml.Node | None,
     config: Config,
     inherited: Inherited,
+    nodes: int,
 ) -> _Snapshot | None:
     """What a later load needs to re-read only the changed services; None when no shortcut is safe."""
     if root is None or _ANCHOR_OR_ALIAS.search(text) or _OTHER_BREAKS.search(text):
@@ -220,7 +234,7 @@ def _snapshot(
     keys = frozenset(s.key for s in config.services)
     return _Snapshot(
         file, mh_slots, data, config, column, [offsets[n] for n in starts], starts, offsets[end],
-        inherited, names, keys,
+        inherited, names, keys, nodes,
     )  # fmt: skip
 
 
@@ -324,6 +338,9 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
     # A file regenerated whole to change 50 services of 1,000 costs those 50, not the span.
     import difflib  # reloads only: not part of the daemon's start
 
+    # What the re-read items may add: counted on top of the last total (the replaced items' own
+    # count is not kept), so a file near MAX_NODES takes the full load, which judges exactly.
+    budget = NodeBudget(MAX_NODES - last.nodes)
     matcher = difflib.SequenceMatcher(None, old_items, [raw[a:b] for a, b, _ in items], autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         kept = last.config.services[first + i1 : first + i2]
@@ -332,7 +349,7 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
             run = kept
         elif j1 < j2:  # replaced or inserted items (a deletion has none)
             parsed = _reread(last.path, last.column, last.inherited, raw[items[j1][0] : items[j2 - 1][1]],
-                             base_line + items[j1][2], first + j1, j2 - j1)  # fmt: skip
+                             base_line + items[j1][2], first + j1, j2 - j1, budget)  # fmt: skip
             if parsed is None:
                 return None
             run = reuse_unchanged(kept, parsed)  # reformatted, or only a comment changed
@@ -340,7 +357,8 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
         gone += [x for x in kept if id(x) not in same]
         came += [x for x in run if id(x) not in same]
         services += run
-    return _merged(last, data, sha256, (first, after, start, old_end, delta), services, gone, came, items)
+    edit = _merged(last, data, sha256, (first, after, start, old_end, delta), services, gone, came, items)
+    return None if edit is None else replace(edit, snapshot=replace(edit.snapshot, nodes=last.nodes + budget.used))
 
 
 def _merged(
@@ -399,7 +417,8 @@ def _split(last: _Snapshot, raw: bytes) -> list[tuple[int, int, int]] | None:
 
 
 def _reread(
-    file: str, column: int, inherited: Inherited, raw: bytes, base_line: int, index: int, count: int
+    file: str, column: int, inherited: Inherited, raw: bytes, base_line: int, index: int, count: int,
+    budget: NodeBudget,
 ) -> tuple[ServiceConfig, ...] | None:
     """Parse and validate `raw` (the `count` items from service number `index` on, at `column`,
     whose first line is `base_line` of the file, so that errors keep their line numbers): None on
@@ -411,7 +430,7 @@ def _reread(
                 return None
             if root.start_mark.column != column:
                 return None
-            items = [locate(node, f"services[{index + k}]", file) for k, node in enumerate(root.value)]
+            items = [locate(node, f"services[{index + k}]", file, budget) for k, node in enumerate(root.value)]
         return validate_services(items, file, inherited)
     except ConfigError:
         return None

@@ -212,10 +212,28 @@ def _position(text: str, exc: yaml.reader.ReaderError) -> tuple[int, int]:
     return text.count("\n", 0, index) + 1, index - line_start + 1
 
 
-def locate(node: yaml.Node, path: str, file: str) -> Located:
-    """A composed node as a `Located` tree whose key paths start at `path`."""
-    builder = _Builder(file)
-    tree = builder.convert(node, path, 0)
+@dataclass
+class NodeBudget:
+    """How many more values a file may expand to (`MAX_NODES` in all). A file read in parts (a
+    reload's edited services, a big file's services a group at a time) passes one budget to every
+    part, so that the parts are bounded together as a whole load is."""
+
+    left: int = field(default_factory=lambda: MAX_NODES)
+
+    @property
+    def used(self) -> int:
+        return MAX_NODES - self.left
+
+
+def locate(node: yaml.Node, path: str, file: str, budget: NodeBudget | None = None) -> Located:
+    """A composed node as a `Located` tree whose key paths start at `path` (its values taken from
+    `budget`, a fresh `MAX_NODES` by default)."""
+    builder = _Builder(file, budget.left if budget is not None else MAX_NODES)
+    try:
+        tree = builder.convert(node, path, 0)
+    finally:
+        if budget is not None:
+            budget.left = builder.left
     if builder.problems:
         raise ConfigError(builder.problems)
     return tree
@@ -259,10 +277,10 @@ def shown(value: Any, limit: int = 60) -> str:
 class _Builder:
     """Builds the `Located` tree of one document, collecting problems, within the bounds above."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, left: int = MAX_NODES) -> None:
         self.file = file
         self.problems: list[Problem] = []
-        self.left = MAX_NODES
+        self.left = left
 
     def problem(self, node: yaml.Node, path: str, message: str) -> None:
         self.problems.append(
