@@ -219,10 +219,15 @@ class NodeBudget:
     part, so that the parts are bounded together as a whole load is."""
 
     left: int = field(default_factory=lambda: MAX_NODES)
+    start: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start = self.left
 
     @property
     def used(self) -> int:
-        return MAX_NODES - self.left
+        """Values taken from this budget (not from MAX_NODES: a reload's budget starts lower)."""
+        return self.start - self.left
 
 
 def locate(node: yaml.Node, path: str, file: str, budget: NodeBudget | None = None) -> Located:
