@@ -357,8 +357,8 @@ def _edited(last: _Snapshot, data: bytes, sha256: str) -> _Edit | None:
         gone += [x for x in kept if id(x) not in same]
         came += [x for x in run if id(x) not in same]
         services += run
-    edit = _merged(last, data, sha256, (first, after, start, old_end, delta), services, gone, came, items)
-    return None if edit is None else replace(edit, snapshot=replace(edit.snapshot, nodes=last.nodes + budget.used))
+    where = (first, after, start, old_end, delta)
+    return _merged(last, data, sha256, where, services, gone, came, items, last.nodes + budget.used)
 
 
 def _merged(
@@ -370,9 +370,11 @@ def _merged(
     gone: list[ServiceConfig],
     came: list[ServiceConfig],
     items: list[tuple[int, int, int]],
+    nodes: int,
 ) -> _Edit | None:
-    """The new snapshot once services [first, after) became `services`: None if the result needs
-    the full load (no service left, or a duplicate name or virtual service, which it reports)."""
+    """The new snapshot once services [first, after) became `services` (`nodes`: the values it
+    has now, an upper bound): None if the result needs the full load (no service left, or a
+    duplicate name or virtual service, which it reports)."""
     first, after, start, old_end, delta = where
     old = last.data
     merged = last.config.services[:first] + tuple(services) + last.config.services[after:]
@@ -390,7 +392,7 @@ def _merged(
         last, data=data, config=last.config.edited(merged, sha256, tuple(gone), tuple(came)),
         starts=last.starts[:first] + [base_offset + a for a, _, _ in items] + [o + delta for o in last.starts[after:]],
         lines=last.lines[:first] + [base_line + n for _, _, n in items] + [n + line_delta for n in last.lines[after:]],
-        end=last.end + delta, names=names | new_names, keys=keys | new_keys,
+        end=last.end + delta, names=names | new_names, keys=keys | new_keys, nodes=nodes,
     )  # fmt: skip
     return _Edit(snapshot, (tuple(gone), tuple(came)))
 
