@@ -30,6 +30,7 @@ LAYERS: dict[str, str] = {
     "mhd.importers": "core",
     "mhd.netlink": "kernel",
     "mhd.ipvs": "kernel",
+    "mhd.reply_layout": "kernel",
     "mhd.kernel": "kernel",
     "mhd.state": "kernel",
     "mhd.routes": "kernel",
