@@ -1,5 +1,3 @@
-import sys
+from mhd.ctl.main import entry
 
-from mhd.ctl.main import main
-
-sys.exit(main())
+entry()
