@@ -295,13 +295,50 @@ def decode_service(payload: memoryview) -> Service | None:
     return _service_from(values) if values is not None else parse_service(payload)
 
 
-def decode_dest(payload: memoryview, service_family: int) -> Dest | None:
-    """A destination from one GET_DEST reply, as `parse_dest` reads it."""
+class DestKeys:
+    """The destination keys of the last whole dump, for the next one to reuse.
+
+    A key is an address object and a hashed pair: two thirds of a destination's decoding (~4 us on
+    the host), for a value that changes only when the operator changes the config. The next dump
+    looks each one up by the bytes the kernel sent instead. Only the keys of the current and the
+    last whole dump are held (`turn`, `settle`), so a removed server is forgotten one pass later.
+    """
+
+    __slots__ = ("last", "now")
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[int, bytes, int], DestKey] = {}
+        self.now: dict[tuple[int, bytes, int], DestKey] = {}
+
+    def key(self, family: int, raw: bytes, port: int) -> DestKey:
+        """The key of (family, 16 address bytes, port as sent: network order)."""
+        sent = (family, raw, port)
+        found = self.now.get(sent) or self.last.get(sent)
+        if found is None:
+            found = DestKey(_address16(family, raw), socket.ntohs(port))
+        self.now[sent] = found
+        return found
+
+    def turn(self) -> None:
+        """A whole dump begins: what the last one found is what this one may reuse."""
+        self.last, self.now = self.now, {}
+
+    def settle(self) -> None:
+        """A whole dump ended: the keys it did not find are dropped."""
+        self.last = {}
+
+
+def decode_dest(payload: memoryview, service_family: int, keys: DestKeys | None = None) -> Dest | None:
+    """A destination from one GET_DEST reply, as `parse_dest` reads it; its key from `keys` when
+    given."""
     values = _DEST_REPLY.read(payload)
     if values is None:
         return parse_dest(payload, service_family)
     raw, family, port, forward, weight, upper, lower, *stats = values
-    key = DestKey(_address16(family, raw), socket.ntohs(port))
+    if keys is not None:
+        key = keys.key(family, raw, port)
+    else:
+        key = DestKey(_address16(family, raw), socket.ntohs(port))
     return Dest(key, weight, forward & FWD_MASK, upper, lower, Stats(*stats))
 
 
@@ -400,6 +437,7 @@ class IpvsClient:
     def __init__(self) -> None:
         self.sock = nl.GenlSocket()
         self.family = 0
+        self.keys = DestKeys()
 
     @classmethod
     async def open(cls) -> IpvsClient:
@@ -425,6 +463,13 @@ class IpvsClient:
 
     async def services(self) -> dict[ServiceKey, Service]:
         """A fresh dump of every service with its destinations in kernel list order (head first)."""
+        self.keys.turn()
+        try:
+            return await self._services()
+        finally:
+            self.keys.settle()
+
+    async def _services(self) -> dict[ServiceKey, Service]:
         out: dict[ServiceKey, Service] = {}
         for payload in await self.sock.dump(self.family, CMD["GET_SERVICE"]):
             svc = decode_service(payload)
@@ -459,7 +504,8 @@ class IpvsClient:
     async def dests(self, key: ServiceKey) -> tuple[Dest, ...]:
         request = service_id_attr(key)
         replies = await self.sock.dump(self.family, CMD["GET_DEST"], request)
-        return tuple(d for d in (decode_dest(p, key.family) for p in replies) if d is not None)
+        keys = self.keys
+        return tuple(d for d in (decode_dest(p, key.family, keys) for p in replies) if d is not None)
 
     async def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
         """Carry out planned operations in order, pipelined; return the ones the kernel refused

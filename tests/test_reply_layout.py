@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_replies import dest_reply, service_reply
 from test_ipvs_codec import dests, services
 
 from mhd import netlink as nl
 from mhd import reply_layout
-from mhd.ipvs import CMD_ATTR, DST, SVC, decode_dest, decode_service, parse_dest, parse_service
+from mhd.ipvs import decode_dest, decode_service, parse_dest, parse_service
 from mhd.model import Dest, DestKey, Service, ServiceKey, Stats
 from mhd.reply_layout import ANY_SIZE, ReplyReader
 
@@ -119,64 +120,7 @@ def test_the_reader_forgets_layouts_beyond_its_bound() -> None:
     assert len(reader._layouts) <= reply_layout.LAYOUTS
 
 
-# --- IPVS replies as Linux fills them (net/netfilter/ipvs/ip_vs_ctl.c) -------------------------------
-
-
-def kernel_stats(kind: int, values: list[int], wide: bool) -> bytes:
-    """ip_vs_genl_fill_stats(64): 32-bit counters but 64-bit bytes, or ten u64."""
-    fmt = ["=I", "=I", "=I", "=Q", "=Q", "=I", "=I", "=I", "=Q", "=Q"]
-    return nl.nested(
-        kind, [nl.attr(i + 1, struct.pack("=Q" if wide else fmt[i], v & (2**64 - 1 if wide or fmt[i] == "=Q" else 2**32 - 1)))
-               for i, v in enumerate(values)]
-    )  # fmt: skip
-
-
-def dest_reply(d: Dest, counters: list[int], conns: tuple[int, int, int], tunnel: bool = True) -> memoryview:
-    """ip_vs_genl_fill_dest of Linux 5.3+ (tunnel attributes) or before."""
-    family = socket.AF_INET6 if d.key.address.version == 6 else socket.AF_INET
-    attrs = [
-        nl.attr(DST["ADDR"], d.key.address.packed.ljust(16, b"\0")),
-        nl.u16(DST["ADDR_FAMILY"], family),
-        nl.be16(DST["PORT"], d.key.port),
-        nl.u32(DST["FWD_METHOD"], d.forward),
-        nl.u32(DST["WEIGHT"], d.weight),
-    ]
-    if tunnel:
-        attrs += [nl.attr(DST["TUN_TYPE"], b"\0"), nl.be16(DST["TUN_PORT"], 0), nl.u16(DST["TUN_FLAGS"], 0)]
-    attrs += [
-        nl.u32(DST["U_THRESH"], d.u_threshold),
-        nl.u32(DST["L_THRESH"], d.l_threshold),
-        nl.u32(DST["ACTIVE_CONNS"], conns[0]),
-        nl.u32(DST["INACT_CONNS"], conns[1]),
-        nl.u32(DST["PERSIST_CONNS"], conns[2]),
-        kernel_stats(DST["STATS"], counters, False),
-        kernel_stats(DST["STATS64"], counters, True),
-    ]
-    return memoryview(nl.GENLMSGHDR.pack(8, 1, 0) + nl.nested(CMD_ATTR["DEST"], attrs))
-
-
-def service_reply(s: Service, counters: list[int]) -> memoryview:
-    """ip_vs_genl_fill_service."""
-    k = s.key
-    attrs = [nl.u16(SVC["AF"], k.family)]
-    if k.fwmark:
-        attrs.append(nl.u32(SVC["FWMARK"], k.fwmark))
-    else:
-        assert k.address is not None
-        attrs += [
-            nl.u16(SVC["PROTOCOL"], k.protocol),
-            nl.attr(SVC["ADDR"], k.address.packed.ljust(16, b"\0")),
-            nl.be16(SVC["PORT"], k.port),
-        ]
-    attrs += [
-        nl.string(SVC["SCHED_NAME"], s.scheduler),
-        nl.attr(SVC["FLAGS"], struct.pack("=II", s.flags, 0xFFFFFFFF)),
-        nl.u32(SVC["TIMEOUT"], s.timeout),
-        nl.u32(SVC["NETMASK"], s.netmask),
-        kernel_stats(SVC["STATS"], counters, False),
-        kernel_stats(SVC["STATS64"], counters, True),
-    ]
-    return memoryview(nl.GENLMSGHDR.pack(1, 1, 0) + nl.nested(CMD_ATTR["SERVICE"], attrs))
+# --- IPVS replies as Linux fills them (tests/kernel_replies.py) --------------------------------------
 
 
 counters = st.lists(st.integers(0, 2**64 - 1), min_size=10, max_size=10)
@@ -215,7 +159,9 @@ def outcome(parse: Any, *args: Any) -> Any:
         return type(exc)
 
 
-@given(dests(), counters, connections, st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3))
+@given(
+    dests(), counters, connections, st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3)
+)
 def test_a_damaged_dest_reply_decodes_as_the_reference_parse_decodes_it(
     dest: Dest, values: list[int], conns: tuple[int, int, int], flips: list[tuple[int, int]]
 ) -> None:
@@ -254,3 +200,20 @@ def test_services_with_and_without_fwmark_are_read_in_one_call(monkeypatch: pyte
     assert [(g.key, g.scheduler, g.flags, g.timeout, g.netmask) for g in got if g is not None] == [
         (s.key, s.scheduler, s.flags, s.timeout, s.netmask) for s in wanted
     ]
+
+
+def test_a_whole_dump_reuses_the_keys_of_the_last_and_forgets_removed_servers() -> None:
+    """Equal keys either way; the same objects while a server stays, none held once it is gone."""
+    from mhd.ipvs import DestKeys
+
+    a, b = (Dest(DestKey(ipaddress.ip_address(ip), 80)) for ip in ("10.0.0.1", "2001:db8::1"))
+    keys = DestKeys()
+    keys.turn()
+    first = [decode_dest(dest_reply(d, [0] * 10, (0, 0, 0)), socket.AF_INET, keys) for d in (a, b)]
+    keys.settle()
+    keys.turn()
+    again = decode_dest(dest_reply(a, [5] * 10, (1, 0, 0)), socket.AF_INET, keys)
+    keys.settle()
+    assert first == [a, b] and again == a
+    assert again is not None and first[0] is not None and again.key is first[0].key
+    assert list(keys.now.values()) == [a.key] and keys.last == {}  # b's key is no longer held
