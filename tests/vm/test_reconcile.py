@@ -14,10 +14,21 @@ import pytest
 from configs import dns_config
 
 from mhd.config.validate import loads
-from mhd.ipvs import IpvsClient
+from mhd.ipvs import (
+    _DEST_REPLY,
+    _SERVICE_REPLY,
+    CMD,
+    IpvsClient,
+    decode_dest,
+    decode_service,
+    parse_dest,
+    parse_service,
+    service_id_attr,
+)
 from mhd.model import DestKey, Service
 from mhd.planner import Desired, plan
 from mhd.reconcile import Outcome, reconcile
+from mhd.reply_layout import ReplyReader
 from mhd.state import StateDir
 
 UDP_PORT = 53
@@ -248,3 +259,48 @@ def test_canonical_order_gives_identical_mappings_whatever_the_history(
     moved = sum(1 for f in control if control[f] != maps[0][f])
     report(f"control without canonical order: {moved} of {len(control)} flows differ")
     assert moved > 0
+
+
+def test_this_kernels_dump_replies_are_read_in_one_call_each(netns: nsh.NetnsFactory) -> None:
+    """The layouts this kernel really sends are the ones `mhd.reply_layout` reads without the
+    attribute-by-attribute parse, and read the same: IPv4, IPv6 and fwmark services, NAT, tunnel
+    and direct-routing destinations with thresholds."""
+
+    ns = netns("layout")
+    nsh.ipvsadm(ns, "-R", input="\n".join([
+        "-A -t 10.50.0.1:80 -s mh -b mh-port",
+        "-a -t 10.50.0.1:80 -r 10.1.0.1:80 -m -w 3 -x 100 -y 10",
+        "-a -t 10.50.0.1:80 -r 10.1.0.2:8080 -i -w 1",
+        "-a -t 10.50.0.1:80 -r 10.1.0.3:80 -g -w 0",
+        "-A -f 7 -s mh",
+        "-a -f 7 -r 10.2.0.1:0 -g -w 2",
+        "-A -u [2001:db8::1]:53 -s wrr -p 60",
+        "-a -u [2001:db8::1]:53 -r [2001:db8:1::1]:53 -m -w 5",
+        "-a -u [2001:db8::1]:53 -r [2001:db8:1::2]:53 -m -w 6",
+    ]) + "\n")  # fmt: skip
+
+    async def dump() -> list[tuple[memoryview, int, list[memoryview]]]:
+        client = await IpvsClient.open()
+        try:
+            out = []
+            for payload in await client.sock.dump(client.family, CMD["GET_SERVICE"]):
+                svc = parse_service(payload)
+                assert svc is not None
+                request = service_id_attr(svc.key)
+                out.append((payload, svc.key.family, await client.sock.dump(client.family, CMD["GET_DEST"], request)))
+            return out
+        finally:
+            client.close()
+
+    with nsh.in_netns(ns):
+        replies = asyncio.run(dump())
+    assert len(replies) == 3 and sum(len(d) for _, _, d in replies) == 6
+    fresh_services, fresh_dests = (  # readers that know no layout yet, configured as mhd.ipvs's
+        ReplyReader(r.skip, r.nested, r.wanted, r.optional) for r in (_SERVICE_REPLY, _DEST_REPLY)
+    )
+    for payload, family, dests in replies:
+        assert fresh_services.read(payload) is not None, "a service reply of this kernel is not read in one call"
+        assert decode_service(payload) == parse_service(payload)
+        for d in dests:
+            assert fresh_dests.read(d) is not None, "a destination reply of this kernel is not read in one call"
+            assert decode_dest(d, family) == parse_dest(d, family)
