@@ -8,7 +8,9 @@ planning of the same pass costs 0.25 s.
 
 `ReplyReader` learns the byte layout of a reply from one reply, compiles it into one `struct.Struct`,
 and reads each later reply of the same length with one unpack and one comparison of all its attribute
-headers (length and type, nested ones included). Equal headers at equal offsets mean the attributes
+headers (length and type, nested ones included: the reply as one integer, masked to its header
+bytes, against the learned reply's, which is cheaper than unpacking them). Equal headers at equal
+offsets mean the attributes
 are exactly the ones the attribute-by-attribute parse finds, so the fast read gives the same values
 or none at all: the caller then parses that reply the slow way, and the reader learns its layout for
 the next ones. Nothing here trusts a reply more than the slow parse does.
@@ -32,11 +34,12 @@ Path = tuple[int, ...]  # attribute types from the top level down: (DEST, STATS6
 
 @dataclass(frozen=True)
 class Layout:
-    """One reply's layout: where each header and each wanted value sits in the unpacked tuple."""
+    """One reply's layout: its header bytes (as a mask and their values, over the reply read as one
+    little-endian integer) and where each wanted value sits in what `shape` unpacks."""
 
     shape: struct.Struct
-    headers: Callable[[tuple[Any, ...]], tuple[int, ...]]
-    expected: tuple[int, ...]
+    mask: int
+    headers: int
     values: Callable[[tuple[Any, ...]], tuple[Any, ...]]
     absent: tuple[Any, ...]  # the defaults of the optional values this layout lacks, after the unpacked
 
@@ -48,8 +51,7 @@ class _Builder:
         self.view, self.nested, self.wanted = view, nested, wanted
         self.format: list[str] = ["="]
         self.count = 0  # values the format unpacks so far
-        self.header_at: list[int] = []
-        self.expected: list[int] = []
+        self.header_at: list[int] = []  # byte offsets of the attribute headers
         self.value_at: dict[Path, int] = {}
 
     def skip(self, size: int) -> None:
@@ -70,10 +72,8 @@ class _Builder:
             if length < NLATTR.size or offset + length > end or key[-1] in seen:
                 return False  # a truncated level or a repeated type: the slow parse's own business
             seen.add(key[-1])
-            self.format.append("HH")
-            self.header_at += [self.count, self.count + 1]
-            self.expected += [length, kind]
-            self.count += 2
+            self.skip(NLATTR.size)  # compared through the mask, not unpacked
+            self.header_at.append(offset)
             if not self.attribute(key, offset + NLATTR.size, offset + length):
                 return False
             following = min(offset + ((length + 3) & ~3), end)
@@ -130,10 +130,14 @@ def learn(
     shape = struct.Struct("".join(builder.format))
     if shape.size != len(payload) or not builder.header_at:  # no attributes: nothing to compare
         return None
+    mask = bytearray(len(payload))
+    for offset in builder.header_at:
+        mask[offset : offset + NLATTR.size] = b"\xff" * NLATTR.size
+    whole = int.from_bytes(payload, "little")
     return Layout(
         shape=shape,
-        headers=_getter(builder.header_at),
-        expected=tuple(builder.expected),
+        mask=int.from_bytes(mask, "little"),
+        headers=whole & int.from_bytes(mask, "little"),
         values=_getter([builder.value_at[path] for path in wanted]),
         absent=tuple(absent),
     )
@@ -162,10 +166,8 @@ class ReplyReader:
     def read(self, payload: memoryview) -> tuple[Any, ...] | None:
         """The wanted values, or None: this reply is for the slow parse."""
         known = self._layouts.get(len(payload))
-        if known is not None:
-            values = known.shape.unpack(payload)
-            if known.headers(values) == known.expected:
-                return known.values(values + known.absent)
+        if known is not None and int.from_bytes(payload, "little") & known.mask == known.headers:
+            return known.values(known.shape.unpack(payload) + known.absent)
         # The first reply of its length, or another layout of it. One without a layout to learn
         # (malformed, or without a wanted value) is not remembered: it costs its own learning and no
         # later reply's fast read. Every kernel mhd supports sends what `mhd.ipvs` wants.
