@@ -7,13 +7,13 @@ every whole pass at 100,000 destinations, ten times that under emulation, where 
 planning of the same pass costs 0.25 s.
 
 `ReplyReader` learns the byte layout of a reply from one reply, compiles it into one `struct.Struct`,
-and reads each later reply of the same length with one unpack and one comparison of all its attribute
-headers (length and type, nested ones included: the reply as one integer, masked to its header
-bytes, against the learned reply's, which is cheaper than unpacking them). Equal headers at equal
-offsets mean the attributes
-are exactly the ones the attribute-by-attribute parse finds, so the fast read gives the same values
-or none at all: the caller then parses that reply the slow way, and the reader learns its layout for
-the next ones. Nothing here trusts a reply more than the slow parse does.
+and reads each later reply of the same length with one unpack and one comparison of all its
+attribute headers (length and type, nested ones included): the reply read as one integer, masked to
+its header bytes, against the learned reply's, which costs less than unpacking them. Equal headers
+at equal offsets mean the attributes are exactly the ones the attribute-by-attribute parse finds,
+so the fast read gives the same values or none at all; the caller then parses that reply the slow
+way, and the reader learns its layout for the next ones. Nothing here trusts a reply more than the
+slow parse does.
 """
 
 from __future__ import annotations
