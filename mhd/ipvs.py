@@ -331,15 +331,11 @@ class DestKeys:
 def decode_dest(payload: memoryview, service_family: int, keys: DestKeys | None = None) -> Dest | None:
     """A destination from one GET_DEST reply, as `parse_dest` reads it; its key from `keys` when
     given."""
-    values = _DEST_REPLY.read(payload)
-    if values is None:
+    v = _DEST_REPLY.read(payload)  # in `_DEST_READ`'s order: the key's three, the settings, the counters
+    if v is None:
         return parse_dest(payload, service_family)
-    raw, family, port, forward, weight, upper, lower, *stats = values
-    if keys is not None:
-        key = keys.key(family, raw, port)
-    else:
-        key = DestKey(_address16(family, raw), socket.ntohs(port))
-    return Dest(key, weight, forward & FWD_MASK, upper, lower, Stats(*stats))
+    key = keys.key(v[1], v[0], v[2]) if keys is not None else DestKey(_address16(v[1], v[0]), socket.ntohs(v[2]))
+    return Dest(key, v[4], v[3] & FWD_MASK, v[5], v[6], Stats._make(v[7:]))
 
 
 def parse_service(payload: memoryview) -> Service | None:
