@@ -358,6 +358,28 @@ def checks_of(records: Path, src: str, t0: float, t1: float) -> tuple[int, list[
     return count, lags
 
 
+def log_after(logfile: Path, since: float, until: float) -> list[str]:
+    """What mhd's log says between `since` and `until` (epoch seconds, the guest's clock) about the
+    detection: its transitions to down, stalled-loop and lost-probe warnings, and its passes, each
+    with its offset from `since`. Transitions are summarised (first, last, count)."""
+    downs: list[float] = []
+    lines: list[str] = []
+    for line in logfile.read_text(errors="replace").splitlines():
+        stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)
+        if stamp is None:
+            continue
+        at = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
+        if not since <= at <= until:
+            continue
+        if "-> down" in line:
+            downs.append(at - since)
+        elif any(w in line for w in ("stalled", "lost", "reconciled", "a reload", "WARNING", "ERROR")):
+            lines.append(f"  +{at - since:.2f}s {line[24:][:160]}")
+    if downs:
+        lines.insert(0, f"  {len(downs)} transitions to down, the first at +{downs[0]:.2f}s, the last at +{downs[-1]:.2f}s")
+    return lines[:40]
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -397,6 +419,8 @@ def health_part(args: argparse.Namespace, work: Path, report: list[tuple[str, st
         tf = time.time()
         sh("ip", "-n", srv, "route", "add", "prohibit", failed_net, "table", "local")
         gone = [float(x) - tf for x in watcher.communicate(timeout=120)[0].split()]
+        if isinstance(proc, Mhd):
+            print("mhd's log during the detection:", *log_after(proc.logfile, tf, time.time()), sep="\n")
         sh("ip", "-n", srv, "route", "del", "prohibit", failed_net, "table", "local")
         proc.stop()
         results[name] = (ns, src, t0, t1, c1 - c0, gone, converge_s)
