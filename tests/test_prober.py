@@ -510,3 +510,26 @@ async def test_targets_added_by_a_reload_are_spread_over_the_interval() -> None:
     assert len(offsets) == 400 and all(0 <= o < 0.2 + took for o in offsets)
     per_tenth = Counter(int((due % 0.2) / 0.02) for key, due in firsts.items() if key[1] != LO)
     assert len(per_tenth) == 10 and max(per_tenth.values()) < 2 * 400 / 10
+
+
+@aio
+async def test_servers_without_a_check_share_one_record_and_no_probe() -> None:
+    """Issue 15: a director of 100,000 servers without checks kept a check, a dict and a key for
+    each (~450 bytes a server). Those that can never be probed share one record per setting; each
+    keeps its own health and counters, none is probed, and the record goes with the last of them."""
+    rec = Recorder()
+    prober = rec.prober()
+    spec = CheckSpec(type="none", interval=0.05, timeout=0.01)
+    first = [Target(f"s{i % 3}", f"127.0.1.{i + 1}", 80, spec) for i in range(200)]
+    prober.set_targets(first)
+    await prober.start()
+    more = [Target("late", f"127.0.2.{i + 1}", 80, spec) for i in range(50)]  # a reload adds these
+    prober.set_targets(first + more)
+    await asyncio.sleep(0.2)
+    assert len(prober._checks) == 1 and prober.probe_count == 0
+    assert {prober.health(t).state for t in first + more} == {"up"}
+    assert prober.sharing(first[0]) == ("s0",)  # nothing probed, so nothing shared
+    assert prober.counters(first[0]) is not prober.counters(first[1])
+    prober.set_targets([])
+    await prober.stop()
+    assert rec.probes == [] and rec.transitions == [] and prober._checks == {}
