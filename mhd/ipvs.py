@@ -209,7 +209,7 @@ def encode_op(op: Op) -> tuple[int, bytes]:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def _address(family: int, raw: memoryview | None) -> IPAddress:
+def _address(family: int, raw: bytes | memoryview | None) -> IPAddress:
     data = bytes(raw or b"")
     if family == socket.AF_INET6:
         return ipaddress.IPv6Address(data[:16].ljust(16, b"\0"))
@@ -219,20 +219,13 @@ def _address(family: int, raw: memoryview | None) -> IPAddress:
 _STATS_FIELDS = tuple(STATS[n] for n in ("CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES"))
 
 
-# IPVS_*_ATTR_STATS64 as every kernel since 3.18 sends it: ten u64 attributes, types 1..10 in order.
-_STATS64 = struct.Struct("=" + "HHQ" * 10)
-_STATS64_HEADERS = (12,) * 10 + tuple(range(1, 11))  # every length, then every type in order
 
 
 def _stats(attrs: dict[int, memoryview], stats64: int, stats32: int, conns: tuple[int, int, int]) -> Stats:
     """Counters from the 64-bit attribute when the kernel sends it (3.18+), else the old one
-    (32-bit connections and packets, 64-bit bytes). The usual layout is read in one struct call
-    (a whole pass reads 16,000 of them); anything else attribute by attribute."""
+    (32-bit connections and packets, 64-bit bytes). Only for replies `ReplyReader` leaves to the
+    slow parse: it reads the usual ones, counters included, in its one struct call."""
     raw = attrs.get(stats64)
-    if raw is not None and len(raw) == _STATS64.size:
-        fields = _STATS64.unpack(raw)
-        if fields[0::3] + fields[1::3] == _STATS64_HEADERS:
-            return Stats(*conns, *fields[2:15:3])  # CONNS, INPKTS, OUTPKTS, INBYTES, OUTBYTES
     wide = raw is not None
     s = nl.parse_attrs(raw if raw is not None else attrs.get(stats32, memoryview(b"")))
     values = [
@@ -272,18 +265,12 @@ _DEST_REPLY = reply_layout.ReplyReader(
 )
 
 
-def _address16(family: int, raw: bytes) -> IPAddress:
-    if family == socket.AF_INET6:
-        return ipaddress.IPv6Address(raw)
-    return ipaddress.IPv4Address(raw[:4])
-
-
 def _service_from(values: tuple[Any, ...]) -> Service:
     family, protocol, raw, port, fwmark, sched, flags, timeout, netmask, *stats = values
     if fwmark:
         key = ServiceKey(family, fwmark=fwmark)
     else:
-        key = ServiceKey(family, protocol=protocol, address=_address16(family, raw), port=socket.ntohs(port))
+        key = ServiceKey(family, protocol=protocol, address=_address(family, raw), port=socket.ntohs(port))
     scheduler = sched.split(b"\0", 1)[0].decode()
     return Service(key=key, scheduler=scheduler, flags=flags, timeout=timeout, netmask=netmask,
                    stats=Stats(0, 0, 0, *stats))  # fmt: skip
@@ -315,7 +302,7 @@ class DestKeys:
         sent = (family, raw, port)
         found = self.now.get(sent) or self.last.get(sent)
         if found is None:
-            found = DestKey(_address16(family, raw), socket.ntohs(port))
+            found = DestKey(_address(family, raw), socket.ntohs(port))
         self.now[sent] = found
         return found
 
@@ -334,7 +321,7 @@ def decode_dest(payload: memoryview, service_family: int, keys: DestKeys | None 
     v = _DEST_REPLY.read(payload)  # in `_DEST_READ`'s order: the key's three, the settings, the counters
     if v is None:
         return parse_dest(payload, service_family)
-    key = keys.key(v[1], v[0], v[2]) if keys is not None else DestKey(_address16(v[1], v[0]), socket.ntohs(v[2]))
+    key = keys.key(v[1], v[0], v[2]) if keys is not None else DestKey(_address(v[1], v[0]), socket.ntohs(v[2]))
     return Dest(key, v[4], v[3] & FWD_MASK, v[5], v[6], Stats._make(v[7:]))
 
 

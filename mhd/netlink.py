@@ -65,6 +65,7 @@ SO_SNDBUFFORCE = 32
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 GENLMSGHDR = struct.Struct("=BBH")  # command, version, reserved
 NLATTR = struct.Struct("=HH")  # length, type
+NLA_TYPE_MASK = 0x3FFF  # an attribute's type without the nested and byte-order flags
 WINDOW = 256  # requests in flight; their acks must fit the receive buffer
 SLICE = 0.005  # seconds of netlink work between two turns of the event loop (`_take_turns`)
 BUFFER = 8 << 20
@@ -109,7 +110,7 @@ def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
         length, kind = NLATTR.unpack_from(view, offset)
         if length < NLATTR.size:
             break
-        out[kind & 0x3FFF] = view[offset + NLATTR.size : offset + length]
+        out[kind & NLA_TYPE_MASK] = view[offset + NLATTR.size : offset + length]
         offset += (length + 3) & ~3
     return out
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-NLATTR = struct.Struct("=HH")
-TYPE_MASK = 0x3FFF  # the nested and byte-order flags off, as `netlink.parse_attrs` does
+from mhd.netlink import NLA_TYPE_MASK, NLATTR
+
 ANY_SIZE = "s"  # a wanted value read as the attribute's whole payload, whatever its length
 LAYOUTS = 8  # reply lengths remembered; more only when replies keep changing, never in a dump
 
@@ -68,7 +68,7 @@ class _Builder:
         seen: set[int] = set()
         while offset + NLATTR.size <= end:
             length, kind = NLATTR.unpack_from(self.view, offset)
-            key = (*path, kind & TYPE_MASK)
+            key = (*path, kind & NLA_TYPE_MASK)  # as `netlink.parse_attrs` keys them
             if length < NLATTR.size or offset + length > end or key[-1] in seen:
                 return False  # a truncated level or a repeated type: the slow parse's own business
             seen.add(key[-1])
@@ -133,11 +133,11 @@ def learn(
     mask = bytearray(len(payload))
     for offset in builder.header_at:
         mask[offset : offset + NLATTR.size] = b"\xff" * NLATTR.size
-    whole = int.from_bytes(payload, "little")
+    headers = int.from_bytes(mask, "little")
     return Layout(
         shape=shape,
-        mask=int.from_bytes(mask, "little"),
-        headers=whole & int.from_bytes(mask, "little"),
+        mask=headers,
+        headers=int.from_bytes(payload, "little") & headers,
         values=_getter([builder.value_at[path] for path in wanted]),
         absent=tuple(absent),
     )

@@ -159,7 +159,7 @@ def test_decoding_what_pyroute2_encodes(svc: Service, dest: Dest) -> None:
 
 @given(st.lists(st.integers(0, 2**64 - 1), min_size=10, max_size=10), st.permutations(range(10)))
 def test_counters_decode_alike_in_kernel_order_and_any_other(values: list[int], order: list[int]) -> None:
-    """STATS64 in the kernel's order takes the one-struct path, any other order the generic one."""
+    """The attribute-by-attribute counters read STATS64 alike in the kernel's order and any other."""
     from mhd.ipvs import DST, _stats
 
     def stats_attr(kinds: list[int]) -> dict[int, memoryview]:
